@@ -1,0 +1,3 @@
+from stadapt.cli import run
+
+run()

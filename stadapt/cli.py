@@ -1,0 +1,59 @@
+"""The `stadapt` command line: thin commands over the shared engine.
+
+Every user mistake surfaces as a `StadaptError` and is printed as one line with its exit
+code (2 for bad input); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stadapt.errors import StadaptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt frozen image ViTs to video with Spatio-Temporal Adapters.")
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+
+
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the bundled recipes (paper Table 8, fine-tuning and the demo)."""
+    from stadapt.recipe import RECIPES_DIR, bundled_recipes, load_recipe
+
+    table = Table("recipe", "dataset", "backbone", "adapters", "steps", "batch", "views",
+                  title="bundled recipes (stadapt train recipes/NAME.yaml)")
+    for name in bundled_recipes():
+        r = load_recipe(RECIPES_DIR / f"{name}.yaml")
+        views = f"{r.data.test_views.temporal}x{r.data.test_views.spatial}"
+        table.add_row(name, r.data.dataset, r.model.backbone, "+".join(r.model.adapter.positions),
+                      str(r.train.steps), str(r.train.batch_size), views)
+    console.print(table)
+
+
+@app.callback()
+def _root() -> None:
+    """Adapt frozen image ViTs to video with Spatio-Temporal Adapters."""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point that turns user errors into one line and an exit code."""
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "no pretrained weights" at WARNING
+    try:
+        app(args=argv, prog_name="stadapt")  # click prints usage errors itself and exits 2
+    except StadaptError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

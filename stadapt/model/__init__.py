@@ -1,0 +1,1 @@
+"""ST-Adapter model: adapters, backbone loading, the video classifier and its builder."""

@@ -1,0 +1,103 @@
+"""The Spatio-Temporal Adapter: X + f(DWConv3D(X W_down)) W_up on the patch tokens.
+
+One module, two ways to run the same weights:
+- `reference`: reshape the tokens to a B×r×T×h×w volume and call `nn.Conv3d`, as the
+  published code does (permute copies included);
+- `fast`: for kernels of shape kT×1×1 the depth-wise convolution is a weighted sum of kT
+  time-shifted copies of the B×T×L×r tokens, with no permute; other kernels fall back to
+  the reference convolution.
+Both read `conv.weight` (r×1×kT×kH×kW) and `conv.bias`, so state dicts are interchangeable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Activation = Literal["none", "gelu", "quick_gelu"]
+Impl = Literal["fast", "reference"]
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: Activation) -> nn.Module:
+    return {"none": nn.Identity, "gelu": nn.GELU, "quick_gelu": QuickGELU}[name]()
+
+
+class STAdapter(nn.Module):
+    """Bottleneck adapter with a depth-wise 3D convolution over the T×h×w token volume.
+
+    `kernel=None` gives the plain adapter of the paper's Table 1 (no convolution).
+    The convolution and all biases start at zero, so a new adapter is an exact identity.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        width: int,
+        kernel: Optional[Sequence[int]] = (3, 1, 1),
+        activation: Activation = "none",
+        impl: Impl = "fast",
+        num_prefix_tokens: int = 1,
+    ) -> None:
+        super().__init__()
+        self.impl = impl
+        self.num_prefix_tokens = num_prefix_tokens
+        self.fc1 = nn.Linear(dim, width)
+        self.conv: Optional[nn.Conv3d] = None
+        if kernel is not None:
+            kernel = tuple(int(k) for k in kernel)
+            self.conv = nn.Conv3d(width, width, kernel, padding=tuple(k // 2 for k in kernel), groups=width)
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(width, dim)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x: (B·T)×(prefix + h·w)×d tokens of B clips of `num_frames` frames."""
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        h = self.fc1(patches)
+        if self.conv is not None:
+            h = self._temporal_conv(h, num_frames)
+        delta = self.fc2(self.act(h))
+        return torch.cat([prefix, patches + delta], dim=1)
+
+    def _temporal_conv(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        assert self.conv is not None
+        bt, length, width = h.shape
+        kt, kh, kw = self.conv.kernel_size
+        if self.impl == "fast" and kh == 1 and kw == 1:
+            return shifted_time_conv(h.view(bt // num_frames, num_frames, length, width),
+                                     self.conv.weight, self.conv.bias).view(bt, length, width)
+        side = int(round(length ** 0.5))
+        if side * side != length:
+            raise ValueError(f"adapter expects a square grid of patch tokens, got {length}")
+        vol = h.view(bt // num_frames, num_frames, side, side, width).permute(0, 4, 1, 2, 3).contiguous()
+        vol = self.conv(vol)
+        return vol.permute(0, 2, 3, 4, 1).contiguous().view(bt, length, width)
+
+
+def shifted_time_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Depth-wise kT×1×1 convolution with zero 'same' padding on B×T×L×C tokens.
+
+    out[:, t] = bias + Σ_k weight[:, k] · h[:, t + k - kT//2]; channels stay last, no permute.
+    """
+    kt = weight.shape[2]
+    num_frames = h.shape[1]
+    taps = weight.view(weight.shape[0], kt).to(h.dtype)
+    half = kt // 2
+    padded = F.pad(h, (0, 0, 0, 0, half, half))  # pad the time axis
+    out = padded[:, 0:num_frames] * taps[:, 0]
+    for k in range(1, kt):
+        out = out + padded[:, k : k + num_frames] * taps[:, k]
+    if bias is not None:
+        out = out + bias.to(h.dtype)
+    return out
