@@ -1,0 +1,1 @@
+"""Data: dataset indexers, manifests, decoding, sampling, transforms, the prepared store."""
