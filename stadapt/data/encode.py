@@ -1,0 +1,49 @@
+"""Write real encoded videos with PyAV (FFmpeg): the synthetic data set and test fixtures."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# container suffix → (codec, pixel format)
+CODECS = {
+    ".mp4": ("libx264", "yuv420p"),
+    ".webm": ("libvpx-vp9", "yuv420p"),
+    ".avi": ("mpeg4", "yuv420p"),
+    ".mkv": ("libx264", "yuv420p"),
+}
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str | None = None,
+                pix_fmt: str | None = None, gop: int | None = None) -> Path:
+    """Encode `frames` (T×H×W×3 uint8 RGB, even H and W) to `path`; the suffix picks the codec."""
+    path = Path(path)
+    default_codec, default_fmt = CODECS.get(path.suffix.lower(), CODECS[".mp4"])
+    codec, pix_fmt = codec or default_codec, pix_fmt or default_fmt
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be T×H×W×3 uint8, got {frames.shape}")
+    _, height, width, _ = frames.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        options = {}
+        if codec == "libx264":
+            options = {"preset": "veryfast", "crf": "20"}
+        elif codec == "libvpx-vp9":
+            options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+        elif codec == "mpeg4":
+            options = {"qscale": "3"}
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        stream.options = options
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
