@@ -35,7 +35,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str 
         if codec == "libx264":
             options = {"preset": "veryfast", "crf": "20"}
         elif codec == "libvpx-vp9":
-            options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+            options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b:v": "0"}
         elif codec == "mpeg4":
             options = {"qscale": "3"}
         if gop is not None:
