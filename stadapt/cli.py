@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Adapt frozen image ViTs to video with Spatio-Temporal Adapters.")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
+bench_app = typer.Typer(no_args_is_help=True, help="Measure cost: parameters, FLOPs, speed, memory, loading.")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command("recipes")
