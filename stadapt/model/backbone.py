@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,13 @@ def load_backbone(name: str, pretrained: str) -> Backbone:
         warnings.filterwarnings("ignore", message=".*QuickGELU.*")
         try:
             model = open_clip.create_model(name, pretrained=source, weights_only=True)
-        except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # the file or download is user input: any failure is theirs to fix
             what = f"checkpoint {pretrained}" if source and Path(source).is_file() else f"pretrained tag {pretrained!r}"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot load {what} into {name}: {first[:300]}") from None
+            if isinstance(exc, pickle.UnpicklingError):
+                reason = "it holds pickled objects other than tensors, refused without running them"
+            else:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CheckpointError(f"cannot load {what} into {name}: {reason}") from None
     visual = model.visual
     if not isinstance(visual, open_clip.transformer.VisionTransformer):
         raise RecipeError(f"model.backbone = {name!r} is not a ViT (its vision tower is {type(visual).__name__})")
