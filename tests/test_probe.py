@@ -68,7 +68,8 @@ def test_damaged_cache_only_costs_a_reprobe(tmp_path, make_video):
     assert stats.probed == 1
 
 
-def test_worker_processes_give_the_same_answers(tmp_path, make_video):
+def test_worker_processes_give_the_same_answers(tmp_path, make_video, monkeypatch):
+    monkeypatch.setattr("stadapt.data.probe.POOL_MIN_FILES", 0)
     paths = [make_video(tmp_path / f"{i}.webm") for i in range(3)] + [make_video(tmp_path / "z.mp4", "empty")]
     results, stats = probe_many(paths, workers=2)
     assert stats.probed == 4

@@ -29,6 +29,9 @@ from stadapt.fileio import atomic_write_text
 
 CACHE_NAME = "probe-cache.json"
 CACHE_VERSION = 1
+# Starting worker processes costs seconds (they import the package, torch included), while a
+# probe takes milliseconds: below this many files one process is faster.
+POOL_MIN_FILES = 256
 
 
 @dataclass(frozen=True)
@@ -256,12 +259,14 @@ def probe_many(paths: list[Path], workers: int = 1, cache: Optional[ProbeCache] 
         if on_result:
             on_result(path)
 
-    if workers <= 1 or len(todo) < 2:
+    if workers <= 1 or len(todo) < POOL_MIN_FILES:
         for path in todo:
             record(path, _probe_outcome(path))
         return results, stats
-    # forkserver: forking a parent that runs threads (the progress bar) is unsafe.
+    # forkserver, as forking a parent that runs threads (the progress bar) is unsafe; the
+    # server imports this module once and every worker is forked from it ready to run.
     context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                initializer=_ignore_sigint)
     try:
