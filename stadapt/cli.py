@@ -40,7 +40,19 @@ def recipes_command() -> None:
     console.print(table)
 
 
-@app.command("prepare")
+PREPARE_HELP = (
+    "Index a data set, probe every video once, write classes.txt, train.csv, val.csv and report.json.\n\n"
+    "Annotation files are read where the official archives put them (one folder level more is fine). "
+    "Missing and unreadable videos are listed in report.json, not fatal. "
+    "A re-run probes only new or changed files.\n\n"
+    "csv: ROOT/train.csv and ROOT/val.csv (or --train-csv, --val-csv) with a header `path,label`; "
+    "paths are relative to ROOT or absolute; a label is a class name or an index "
+    "(into ROOT/classes.txt when there is one).\n\n"
+    "synthetic: generates videos into ROOT, then splits them like a folder."
+)
+
+
+@app.command("prepare", help=PREPARE_HELP)
 def prepare_command(
     dataset: str = typer.Argument(..., help="k400 | ssv2 | ek100 | ucf101 | hmdb51 | folder | csv | synthetic"),
     root: Path = typer.Argument(..., help="Where the data set was unpacked (synthetic: where to write the videos)."),
@@ -57,14 +69,7 @@ def prepare_command(
     frames: int = typer.Option(32, "--frames", min=1, help="synthetic: frames per video."),
     size: str = typer.Option("80x64", "--size", help="synthetic: WIDTHxHEIGHT."),
 ) -> None:
-    """Index a data set, probe every video once, write classes.txt, train.csv, val.csv, report.json.
-
-    Annotation files are read where the official archives put them (a folder level more is
-    fine). csv: ROOT/train.csv and ROOT/val.csv (or --train-csv/--val-csv) with a header
-    `path,label`; paths relative to ROOT or absolute; labels are class names or indices
-    (into ROOT/classes.txt when there is one). Missing and unreadable videos are listed in
-    report.json, not fatal. Re-running probes only new or changed files.
-    """
+    """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
     from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
     from stadapt.data.indexers import IndexOptions
     from stadapt.data.probe import default_workers
