@@ -382,3 +382,41 @@ def test_decode_writes_the_store(folder, tmp_path):
     report = prepare(PrepareOptions("folder", folder, tmp_path / "out", decode=True))
     assert report["store"]["videos"] > 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["store"] == report["store"]
+
+
+def test_synthetic_and_decode_call_the_data_branch_as_agreed(tmp_path, make_video, monkeypatch):
+    """Stand-ins with the agreed signatures check the wiring before the real modules merge."""
+    import sys
+    import types
+
+    from stadapt.data.prepare import SyntheticOptions
+
+    calls = {}
+
+    def generate_synthetic(videos_dir, classes=8, videos_per_class=12, frames=32, size=(80, 64), seed=0, fps=25,
+                           on_video=None):
+        calls["generate"] = (videos_dir, classes, videos_per_class, frames, size, seed)
+        videos = []
+        for c in range(classes):
+            for i in range(videos_per_class):
+                path = make_video(Path(videos_dir) / f"class{c}" / f"{i}.mp4")
+                if on_video:
+                    on_video(path)
+                videos.append((path, f"class{c}"))
+        return videos
+
+    def write_store(prepared_root, samples, short_side=256, workers=1, on_video=None):
+        calls["store"] = (prepared_root, sorted(s.path.name for s in samples), workers)
+        return {"videos": len(samples), "frames": 6 * len(samples), "bytes": 1, "seconds": 0.0}
+
+    monkeypatch.setitem(sys.modules, "stadapt.data.synthetic", types.SimpleNamespace(generate_synthetic=generate_synthetic))
+    monkeypatch.setitem(sys.modules, "stadapt.data.store", types.SimpleNamespace(write_store=write_store))
+    out = tmp_path / "out"
+    report = prepare(PrepareOptions("synthetic", tmp_path / "videos", out, decode=True, workers=1,
+                                    index=IndexOptions(val_fraction=0.25, seed=3),
+                                    synthetic=SyntheticOptions(classes=2, videos_per_class=4, frames=8, size=(32, 16))))
+    assert calls["generate"] == (tmp_path / "videos", 2, 4, 8, (32, 16), 3)
+    assert (report["splits"]["train"]["videos"], report["splits"]["val"]["videos"]) == (6, 2)
+    assert calls["store"][0] == out and len(calls["store"][1]) == 8
+    assert report["store"]["videos"] == 8 and json.loads((out / "report.json").read_text())["store"]["videos"] == 8
+    assert all(r["path"].startswith(("class0/", "class1/")) for r in rows(out, "train"))

@@ -68,14 +68,7 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
         _refuse_to_overwrite_inputs(index, out)
         indexed = time.monotonic()
         videos_root = index.videos_root.resolve()
-        files = sorted({videos_root / c.path for rows in index.splits.values() for c in rows})
-        present = [f for f in files if f.is_file()]
-        cache = ProbeCache(out / CACHE_NAME)
-        with _progress(console, "probing videos", len(present)) as advance:
-            try:
-                outcomes, stats = probe_many(present, options.workers, cache, on_result=lambda _: advance())
-            finally:
-                cache.save()  # an interrupted run still keeps what it probed
+        outcomes, probe_summary = _probe(index, videos_root, out / CACHE_NAME, options.workers, console)
         probed = time.monotonic()
         report: dict[str, Any] = {
             "dataset": options.dataset,
@@ -84,8 +77,7 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
             **_settings(options),
             "classes": {head: len(names) for head, names in index.classes.items()},
             "splits": {},
-            "probe": {"files": len(present), "probed": stats.probed, "cached": stats.cached,
-                      "workers": options.workers},
+            "probe": probe_summary,
         }
         texts: dict[Path, str] = {classes_file(out, head): classes_text(names) for head, names in index.classes.items()}
         for split in SPLITS:
@@ -134,6 +126,20 @@ def _refuse_to_overwrite_inputs(index: Index, out: Path) -> None:
     for source in index.sources:
         if source.resolve() in outputs:
             raise DataError(f"--out {out} would overwrite {source}, which is an input; choose another --out")
+
+
+def _probe(index: Index, videos_root: Path, cache_file: Path, workers: int, console: Optional[Console]
+           ) -> tuple[dict[Path, VideoInfo | UnreadableVideo], dict[str, int]]:
+    """Probe every listed video that exists, once, taking unchanged ones from the cache."""
+    files = sorted({videos_root / c.path for rows in index.splits.values() for c in rows})
+    present = [f for f in files if f.is_file()]
+    cache = ProbeCache(cache_file)
+    with _progress(console, "probing videos", len(present)) as advance:
+        try:
+            outcomes, stats = probe_many(present, workers, cache, on_result=lambda _: advance())
+        finally:
+            cache.save()  # an interrupted run still keeps what it probed
+    return outcomes, {"files": len(present), "probed": stats.probed, "cached": stats.cached, "workers": workers}
 
 
 def _settings(options: PrepareOptions) -> dict[str, Any]:

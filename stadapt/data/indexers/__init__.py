@@ -6,8 +6,8 @@ Each module has `index(root, options) -> Index`; `INDEXERS` names them for the C
 
 from __future__ import annotations
 
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from stadapt.data.indexers import csv, ek100, folder, hmdb51, k400, ssv2, ucf101
 from stadapt.data.indexers.base import Candidate, Index, IndexOptions, Skipped
