@@ -14,7 +14,7 @@ from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped,
 from stadapt.errors import DataError
 
 ANNOTATION_FOLDERS = ("ucfTrainTestlist", "UCF-101/ucfTrainTestlist", "annotations", "splits", "labels")
-VIDEO_FOLDERS = ("UCF-101", "UCF101", "videos", "")
+VIDEO_FOLDERS = ("UCF-101", "UCF101", "videos")
 
 
 def parse_class_index(text: str, source: str) -> list[str]:
@@ -73,7 +73,7 @@ def index(root: Path, options: IndexOptions) -> Index:
     class_file = find_file(root, ["classInd.txt"], ANNOTATION_FOLDERS, "UCF-101 class list")
     lists = class_file.parent
     classes = parse_class_index(read_text(class_file), str(class_file))
-    videos_root = find_dir(root, [f for f in VIDEO_FOLDERS if f]) or root
+    videos_root = find_dir(root, VIDEO_FOLDERS) or root
     result = Index(videos_root, {"label": classes}, {}, sources=[class_file])
     for split, name in (("train", f"trainlist0{n}.txt"), ("val", f"testlist0{n}.txt")):
         list_file = find_file(lists, [name], [], f"UCF-101 split {n}")
