@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -37,6 +38,50 @@ def recipes_command() -> None:
         table.add_row(name, r.data.dataset, r.model.backbone, "+".join(r.model.adapter.positions),
                       str(r.train.steps), str(r.train.batch_size), views)
     console.print(table)
+
+
+PREPARE_HELP = (
+    "Index a data set, probe every video once, write classes.txt, train.csv, val.csv and report.json.\n\n"
+    "Annotation files are read where the official archives put them (one folder level more is fine). "
+    "Missing and unreadable videos are listed in report.json, not fatal. "
+    "A re-run probes only new or changed files.\n\n"
+    "csv: ROOT/train.csv and ROOT/val.csv (or --train-csv, --val-csv) with a header `path,label`; "
+    "paths are relative to ROOT or absolute; a label is a class name or an index "
+    "(into ROOT/classes.txt when there is one).\n\n"
+    "synthetic: generates videos into ROOT, then splits them like a folder."
+)
+
+
+@app.command("prepare", help=PREPARE_HELP)
+def prepare_command(
+    dataset: str = typer.Argument(..., help="k400 | ssv2 | ek100 | ucf101 | hmdb51 | folder | csv | synthetic"),
+    root: Path = typer.Argument(..., help="Where the data set was unpacked (synthetic: where to write the videos)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prepared directory to write (default data/DATASET)."),
+    split: int = typer.Option(1, "--split", min=1, max=3, help="Official split of ucf101 / hmdb51."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Probing processes (default: all cores)."),
+    decode: bool = typer.Option(False, "--decode/--no-decode", help="Also write the pre-decoded store."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="folder / synthetic: share of each class for val."),
+    seed: int = typer.Option(0, "--seed", help="folder / synthetic: seed of the split (and of the videos)."),
+    train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="csv: train list (default ROOT/train.csv)."),
+    val_csv: Optional[Path] = typer.Option(None, "--val-csv", help="csv: val list (default ROOT/val.csv)."),
+    classes: int = typer.Option(8, "--classes", min=1, help="synthetic: number of classes."),
+    videos_per_class: int = typer.Option(12, "--videos-per-class", min=1, help="synthetic: videos per class."),
+    frames: int = typer.Option(32, "--frames", min=1, help="synthetic: frames per video."),
+    size: str = typer.Option("80x64", "--size", help="synthetic: WIDTHxHEIGHT."),
+) -> None:
+    """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
+    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
+    from stadapt.data.indexers import IndexOptions
+    from stadapt.data.probe import default_workers
+
+    options = PrepareOptions(
+        dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode,
+        index=IndexOptions(split=split, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv),
+        synthetic=SyntheticOptions(classes=classes, videos_per_class=videos_per_class, frames=frames,
+                                   size=parse_size(size)),
+    )
+    report = prepare(options, console=err_console)
+    console.print(summary_table(report, options.out or Path("data") / dataset))
 
 
 @app.callback()

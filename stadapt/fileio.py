@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
+
+
+def _usual_mode() -> int:
+    """The mode open() would give a new file (0666 less the umask); mkstemp gives 0600,
+    which would hide prepared data from the other users of a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -19,6 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _usual_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -38,3 +49,51 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_write_texts(files: Mapping[Path, str]) -> None:
+    """Replace several files as one set: an interrupt leaves all old files or all new ones.
+
+    Every file is written and fsynced beside its target first; the renames, which take
+    microseconds, then run with SIGINT and SIGTERM held back, so Ctrl-C or a `kill` cannot
+    land between two of them. (A power cut still can.)
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((Path(tmp), path))
+            os.fchmod(fd, _usual_mode())
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        with _signals_held():
+            for tmp, path in staged:
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Record SIGINT and SIGTERM instead of acting on them; act once the block is done.
+
+    Python runs signal handlers in the main thread only, so swapping the handlers works
+    whatever other threads exist (a per-thread signal mask would not).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in caught:
+            signal.raise_signal(s)

@@ -47,11 +47,16 @@ def classes_file(root: Path, head: str = "label") -> Path:
     return root / ("classes.txt" if head == "label" else f"classes-{head}.txt")
 
 
-def write_classes(root: Path, names: list[str], head: str = "label") -> None:
+def classes_text(names: list[str]) -> str:
+    """classes.txt content: one name a line, so a name may not hold a line break."""
     for name in names:
         if "\n" in name or "\r" in name:
             raise DataError(f"class name {name!r} contains a line break")
-    atomic_write_text(classes_file(root, head), "".join(f"{n}\n" for n in names))
+    return "".join(f"{n}\n" for n in names)
+
+
+def write_classes(root: Path, names: list[str], head: str = "label") -> None:
+    atomic_write_text(classes_file(root, head), classes_text(names))
 
 
 def read_classes(root: Path, head: str = "label") -> list[str]:
@@ -68,8 +73,8 @@ def read_classes(root: Path, head: str = "label") -> list[str]:
     return names
 
 
-def write_manifest(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    """Write rows (dicts) as a CSV with `columns` as the header, atomically."""
+def manifest_text(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
+    """Render rows (dicts) as a manifest CSV with `columns` as the header."""
     for required in ("path", "label"):
         if required not in columns:
             raise ValueError(f"manifest columns must include {required!r}")
@@ -78,7 +83,12 @@ def write_manifest(path: Path, rows: Iterable[dict[str, Any]], columns: list[str
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_manifest(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    """Write rows (dicts) as a CSV with `columns` as the header, atomically."""
+    atomic_write_text(path, manifest_text(rows, columns))
 
 
 def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = None) -> list[Sample]:
@@ -161,5 +171,9 @@ class PreparedDataset:
         return read_manifest(self.root / f"{split}.csv", self.videos_root, heads)
 
 
+def report_text(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False) + "\n"
+
+
 def write_report(root: Path, report: dict[str, Any]) -> None:
-    atomic_write_text(root / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(root / "report.json", report_text(report))
