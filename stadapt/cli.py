@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -22,6 +23,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 bench_app = typer.Typer(no_args_is_help=True, help="Measure cost: parameters, FLOPs, speed, memory, loading.")
 app.add_typer(bench_app, name="bench")
+convert_app = typer.Typer(no_args_is_help=True, help="Import adapters trained by other code into a run directory.")
+app.add_typer(convert_app, name="convert")
 
 
 @app.command("recipes")
@@ -37,6 +40,31 @@ def recipes_command() -> None:
         table.add_row(name, r.data.dataset, r.model.backbone, "+".join(r.model.adapter.positions),
                       str(r.train.steps), str(r.train.batch_size), views)
     console.print(table)
+
+
+@convert_app.command("official")
+def convert_official_command(
+    checkpoint: Path = typer.Argument(..., help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
+    recipe: str = typer.Option(..., "--recipe", help="recipe giving the backbone, pretrained weights and data"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="run directory to write (recipe.yaml, adapter.safetensors)"),
+) -> None:
+    """Convert a public-code ST-Adapter checkpoint; its tensors set the adapter layout."""
+    from stadapt.model.convert import convert_official
+
+    done = convert_official(checkpoint, recipe, out, overrides)
+    adapter, ckpt = done.recipe.model.adapter, done.checkpoint
+    table = Table("", "", show_header=False, title=f"converted {checkpoint} → {done.out}")
+    table.add_row("backbone", f"{done.recipe.model.backbone} ({done.recipe.model.pretrained})")
+    table.add_row("positions", ", ".join(adapter.positions))
+    table.add_row("layers", str(adapter.layers))
+    table.add_row("width / kernel", f"{adapter.width} / {'x'.join(map(str, adapter.kernel))}, activation none")
+    table.add_row("classes", f"{ckpt.num_classes} from {done.class_source}")
+    table.add_row("tensors imported", f"{done.tensors} (ignored: optimizer state and {len(ckpt.ignored)} other keys)")
+    console.print(table)
+    if done.recipe.model.pretrained.lower() in ("", "none"):
+        err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone", highlight=False)
+    console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
 
 
 @app.callback()
