@@ -42,6 +42,56 @@ def recipes_command() -> None:
     console.print(table)
 
 
+@bench_app.command("model")
+def bench_model_command(
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="recipe file or bundled recipe name"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32 on cuda, 2 on cpu]"),
+    impl: str = typer.Option("fast", "--impl", help="adapter implementation to measure: fast or reference"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up steps [default: 5 on cuda, 1 on cpu]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
+) -> None:
+    """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
+    import json
+
+    from stadapt.bench import bench_model, write_result
+    from stadapt.recipe import load_recipe
+
+    result = bench_model(load_recipe(recipe, overrides), recipe, impl=impl, device=device,
+                         batch_size=batch_size, steps=steps, warmup=warmup)
+    path = write_result(result, out)
+    if json_output:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        err_console.print(f"wrote {path}", highlight=False)
+        return
+    _print_bench_model(result, path)
+
+
+def _print_bench_model(result: dict, path: Path) -> None:
+    def show(value, unit: str = "") -> str:
+        return "-" if value is None else f"{value:,.1f}{unit}" if isinstance(value, float) else f"{value:,}{unit}"
+
+    table = Table("variant", "trainable", "GFLOPs/view", "latency ms", "infer clips/s", "train clips/s",
+                  "train step ms", "train peak MiB",
+                  title=f"bench model: {result['recipe']} on {result['device_name']}, batch {result['batch_size']}, "
+                        f"{result['precision']}, warm-up {result['warmup']}, timed steps " + (
+                        f"{result['steps']}" if result["budget_s"] is None
+                        else f"≤{result['steps']} within {result['budget_s']:g} s"))
+    for name, v in result["variants"].items():
+        table.add_row(name, show(v["trainable_params"]), show(v["gflops_per_view"]), show(v["latency_ms"]),
+                      show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
+                      show(v["train_peak_mem_mib"]))
+    console.print(table)
+    for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
+                "adapter_overhead_vs_backbone", "projected_gpu_hours"):
+        value = result[key]
+        console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
+
+
 @convert_app.command("official")
 def convert_official_command(
     checkpoint: Path = typer.Argument(..., help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
