@@ -71,17 +71,17 @@ def bench_model_command(
 
 
 def _print_bench_model(result: dict, path: Path) -> None:
-    def show(value, unit: str = "") -> str:
-        return "-" if value is None else f"{value:,.1f}{unit}" if isinstance(value, float) else f"{value:,}{unit}"
+    def show(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
 
+    timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
+             else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
     table = Table("variant", "trainable", "GFLOPs/view", "latency ms", "infer clips/s", "train clips/s",
                   "train step ms", "train peak MiB",
-                  title=f"bench model: {result['recipe']} on {result['device_name']}, batch {result['batch_size']}, "
-                        f"{result['precision']}, warm-up {result['warmup']}, timed steps " + (
-                        f"{result['steps']}" if result["budget_s"] is None
-                        else f"≤{result['steps']} within {result['budget_s']:g} s"))
+                  title=f"bench model: {result['recipe']} on {result['device_name']}",
+                  caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
     for name, v in result["variants"].items():
-        table.add_row(name, show(v["trainable_params"]), show(v["gflops_per_view"]), show(v["latency_ms"]),
+        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}", show(v["latency_ms"]),
                       show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
                       show(v["train_peak_mem_mib"]))
     console.print(table)
