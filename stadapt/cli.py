@@ -23,6 +23,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 bench_app = typer.Typer(no_args_is_help=True, help="Measure cost: parameters, FLOPs, speed, memory, loading.")
 app.add_typer(bench_app, name="bench")
+convert_app = typer.Typer(no_args_is_help=True, help="Import adapters trained by other code into a run directory.")
+app.add_typer(convert_app, name="convert")
 
 
 @app.command("recipes")
@@ -82,6 +84,79 @@ def prepare_command(
     )
     report = prepare(options, console=err_console)
     console.print(summary_table(report, options.out or Path("data") / dataset))
+@bench_app.command("model")
+def bench_model_command(
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="recipe file or bundled recipe name"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32 on cuda, 2 on cpu]"),
+    impl: str = typer.Option("fast", "--impl", help="adapter implementation to measure: fast or reference"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up steps [default: 5 on cuda, 1 on cpu]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
+) -> None:
+    """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
+    import json
+
+    from stadapt.bench import bench_model, write_result
+    from stadapt.recipe import load_recipe
+
+    result = bench_model(load_recipe(recipe, overrides), recipe, impl=impl, device=device,
+                         batch_size=batch_size, steps=steps, warmup=warmup)
+    path = write_result(result, out)
+    if json_output:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        err_console.print(f"wrote {path}", highlight=False)
+        return
+    _print_bench_model(result, path)
+
+
+def _print_bench_model(result: dict, path: Path) -> None:
+    def show(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+    timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
+             else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
+    table = Table("variant", "trainable", "GFLOPs/view", "latency ms", "infer clips/s", "train clips/s",
+                  "train step ms", "train peak MiB",
+                  title=f"bench model: {result['recipe']} on {result['device_name']}",
+                  caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
+    for name, v in result["variants"].items():
+        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}", show(v["latency_ms"]),
+                      show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
+                      show(v["train_peak_mem_mib"]))
+    console.print(table)
+    for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
+                "adapter_overhead_vs_backbone", "projected_gpu_hours"):
+        value = result[key]
+        console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
+
+
+@convert_app.command("official")
+def convert_official_command(
+    checkpoint: Path = typer.Argument(..., help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
+    recipe: str = typer.Option(..., "--recipe", help="recipe giving the backbone, pretrained weights and data"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="run directory to write (recipe.yaml, adapter.safetensors)"),
+) -> None:
+    """Convert a public-code ST-Adapter checkpoint; its tensors set the adapter layout."""
+    from stadapt.model.convert import convert_official
+
+    done = convert_official(checkpoint, recipe, out, overrides)
+    adapter, ckpt = done.recipe.model.adapter, done.checkpoint
+    table = Table("", "", show_header=False, title=f"converted {checkpoint} → {done.out}")
+    table.add_row("backbone", f"{done.recipe.model.backbone} ({done.recipe.model.pretrained})")
+    table.add_row("positions", ", ".join(adapter.positions))
+    table.add_row("layers", str(adapter.layers))
+    table.add_row("width / kernel", f"{adapter.width} / {'x'.join(map(str, adapter.kernel))}, activation none")
+    table.add_row("classes", f"{ckpt.num_classes} from {done.class_source}")
+    table.add_row("tensors imported", f"{done.tensors} (ignored: optimizer state and {len(ckpt.ignored)} other keys)")
+    console.print(table)
+    if done.recipe.model.pretrained.lower() in ("", "none"):
+        err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone", highlight=False)
+    console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
 
 
 @app.callback()
