@@ -1,11 +1,14 @@
 """Cost of a recipe's model: parameters, FLOPs, latency, throughput, training speed, memory.
 
 Timings drift between machines and runs, so one run measures three variants side by side
-and reports ratios between them (docs/performance.md): the chosen implementation, the
-reference implementation (`model.impl=reference`, the public code's adapter path) and the
-frozen backbone alone (`method=linear_probe`, inference only). Every variant is built with
-`build_model(recipe)` from the recipe as given, with random weights, and goes through the
-same measuring function.
+and reports ratios between them (docs/performance.md):
+- the chosen path, from the recipe as given (by default the fast path: `model.impl=fast`,
+  frozen weights in bf16, `train.compile` on CUDA);
+- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d),
+  fp16 weights and autocast with a GradScaler, no compilation;
+- the frozen backbone alone (`method=linear_probe`) on the chosen path, inference only.
+Every variant is built with `build_model`, placed with `stadapt.model.runtime`, with
+random weights, and goes through the same measuring function.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import stadapt
 from stadapt.errors import RecipeError, StadaptError
 from stadapt.fileio import atomic_write_text
 from stadapt.model.build import build_model, count_parameters
+from stadapt.model.runtime import compute_dtype, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, head_sizes
 
 RESULTS_DIR = Path("benchmarks/results")
 IMPLS = ("fast", "reference")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @dataclass
@@ -47,16 +50,11 @@ class Settings:
     batch_size: int
     steps: int  # timed steps per measurement (at most, when there is a budget)
     warmup: int
-    precision: str  # the recipe's train.precision on a GPU; the CPU always runs fp32
     budget_s: Optional[float] = None  # stop timing once this is spent (at least one step); CPU defaults only
 
-    @property
-    def autocast_dtype(self) -> Optional[torch.dtype]:
-        return AUTOCAST[self.precision]
 
-    def autocast(self) -> torch.autocast:
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Optional[int] = None,
@@ -72,7 +70,6 @@ def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Opti
         batch_size=batch_size if batch_size is not None else (32 if on_gpu else 2),
         steps=steps if steps is not None else (20 if on_gpu else 10),
         warmup=warmup if warmup is not None else (5 if on_gpu else 1),
-        precision=recipe.train.precision if on_gpu else "fp32",
         budget_s=None if on_gpu or steps is not None else 1.0,
     )
 
@@ -112,12 +109,13 @@ def countable_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device) -> dict[str, float]:
+def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view."""
     trainable, total = count_parameters(model)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), countable_attention(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), autocast(device, dtype), countable_attention(), FlopCounterMode(display=False) as counter:
         model(random_clips(recipe, 1, device))
     model.train(was_training)
     return {"trainable_params": trainable, "total_params": total,
@@ -168,27 +166,28 @@ def peak_memory_mib(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
-def inference_step(model: VideoClassifier, clips: torch.Tensor, settings: Settings) -> Callable[[], None]:
+def inference_step(forward: Callable, clips: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
     def step() -> None:
-        with torch.inference_mode(), settings.autocast():
-            model(clips)
+        with torch.no_grad(), autocast(clips.device, dtype):
+            forward(clips)
 
     return step
 
 
-def training_step(model: VideoClassifier, recipe: Recipe, clips: torch.Tensor,
-                  settings: Settings) -> Callable[[], None]:
+def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe, clips: torch.Tensor,
+                  dtype: torch.dtype) -> Callable[[], None]:
     """Forward, backward and an AdamW step on the trainable parameters (random labels)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.autocast_dtype == torch.float16)
+    fused = clips.device.type == "cuda" and recipe.model.impl == "fast"  # the public code's AdamW is not fused
+    optimizer = torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay, fused=fused)
+    scaler = torch.amp.GradScaler(clips.device.type, enabled=dtype == torch.float16)
     labels = {name: torch.randint(n, (clips.shape[0],), device=clips.device)
               for name, n in head_sizes(recipe.model).items()}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with settings.autocast():
-            out = model(clips)
+        with autocast(clips.device, dtype):
+            out = forward(clips)
             logits = out if isinstance(out, dict) else {"label": out}
             loss = sum(F.cross_entropy(logits[name].float(), labels[name]) for name in labels)
         scaler.scale(loss).backward()
@@ -200,17 +199,21 @@ def training_step(model: VideoClassifier, recipe: Recipe, clips: torch.Tensor,
 
 def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str, Optional[float]]:
     """Everything measured for one variant: cost, latency, throughput, training, memory."""
-    model = build_model(recipe).to(settings.device)
+    model = build_model(recipe)
     check_input_size(model, recipe)
-    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device))
+    place_model(model, settings.device, recipe.train.precision)
+    dtype = compute_dtype(settings.device, recipe.train.precision)
+    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, dtype))
+    forward = maybe_compile(model, recipe.train.compile, settings.device)
+    figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
     model.eval()
     reset_peak_memory(settings.device)
     latency, latency_steps = seconds_per_step(
-        inference_step(model, random_clips(recipe, 1, settings.device), settings), settings)
+        inference_step(forward, random_clips(recipe, 1, settings.device), dtype), settings)
     batch = random_clips(recipe, settings.batch_size, settings.device)
     if settings.batch_size > 1:
         reset_peak_memory(settings.device)
-        infer, infer_steps = seconds_per_step(inference_step(model, batch, settings), settings)
+        infer, infer_steps = seconds_per_step(inference_step(forward, batch, dtype), settings)
     else:
         infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
     figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
@@ -220,7 +223,7 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str
     if train:
         model.train()
         reset_peak_memory(settings.device)
-        step, train_steps = seconds_per_step(training_step(model, recipe, batch, settings), settings)
+        step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch, dtype), settings)
         figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
                        train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
     return figures
@@ -244,15 +247,14 @@ def release_memory(device: torch.device) -> None:
 
 
 def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]:
-    """{name: (recipe, measure training)}: the chosen impl, the reference, the backbone alone."""
-    variants = {}
-    for name, changes in ((impl, {"impl": impl}), ("reference", {"impl": "reference"}),
-                          ("backbone", {"method": "linear_probe"})):
-        variant = copy.deepcopy(recipe)
-        for key, value in changes.items():
-            setattr(variant.model, key, value)
-        variants.setdefault(name, (variant, name != "backbone"))
-    return variants
+    """{name: (recipe, measure training)}: the chosen path, the published path, the backbone alone."""
+    reference = copy.deepcopy(recipe)
+    reference.model.impl, reference.train.precision, reference.train.compile = "reference", "fp16", False
+    chosen = reference if impl == "reference" else copy.deepcopy(recipe)
+    chosen.model.impl = impl
+    backbone = copy.deepcopy(chosen)
+    backbone.model.method = "linear_probe"
+    return {impl: (chosen, True), "reference": (reference, True), "backbone": (backbone, False)}
 
 
 def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Optional[str] = None,
@@ -278,7 +280,8 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         "device_name": device_name(settings.device),
         "impl": impl,
         "batch_size": settings.batch_size,
-        "precision": settings.precision,
+        "precision": chosen["precision"],
+        "compiled": chosen["compiled"],
         "steps": settings.steps,
         "warmup": settings.warmup,
         "budget_s": settings.budget_s,

@@ -84,6 +84,8 @@ def prepare_command(
     )
     report = prepare(options, console=err_console)
     console.print(summary_table(report, options.out or Path("data") / dataset))
+
+
 @bench_app.command("model")
 def bench_model_command(
     recipe: str = typer.Option("k400_vitb", "--recipe", help="recipe file or bundled recipe name"),

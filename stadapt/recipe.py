@@ -84,7 +84,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # lr and wd factor for trained backbone weights (full: 0.01)
     adapter_lr_scale: float = 1.0  # lr and wd factor for adapters (UCF/HMDB from K400: 0.1)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # on GPU; the CPU always runs fp32
-    compile: bool = False
+    compile: bool = True  # torch.compile the model on CUDA (ignored on CPU)
     workers: int = 8
     seed: int = 0
     eval_every: int = 2000
