@@ -31,7 +31,7 @@ def test_round_trip_matches_the_resized_video(tmp_path, videos):
     for video in videos:
         with store.open(video) as entry:
             assert entry.num_frames == 20
-            got = entry.read([0, 7, 7, 19, 25])
+            got = torch.stack(entry.read([0, 7, 7, 19, 25]))
         assert got.shape == (5, 3, 48, 72) and got.dtype == torch.uint8
         raw = torch.from_numpy(read_frames(video, [0, 7, 7, 19, 19])).permute(0, 3, 1, 2).float()
         expected = F.interpolate(raw, size=(48, 72), mode="bilinear", antialias=True)
@@ -41,7 +41,7 @@ def test_round_trip_matches_the_resized_video(tmp_path, videos):
 def test_small_videos_are_not_enlarged(tmp_path, videos):
     write_store(tmp_path / "p", samples_of(videos[:1]), short_side=256)
     with FrameStore(tmp_path / "p").open(videos[0]) as entry:
-        assert entry.read([0]).shape == (1, 3, 64, 96)
+        assert entry.read([0])[0].shape == (3, 64, 96)
 
 
 def test_incremental_skips_unchanged_and_redoes_changed(tmp_path, videos):

@@ -21,7 +21,7 @@ from stadapt.data.decode import VideoReadError, count_frames, read_frames
 from stadapt.data.manifest import PreparedDataset, Sample
 from stadapt.data.sampling import clip_indices
 from stadapt.data.store import FrameStore
-from stadapt.data.transforms import EvalTransform, TrainTransform
+from stadapt.data.transforms import EvalTransform, Frames, TrainTransform
 from stadapt.errors import DataError
 from stadapt.recipe import DataConfig, Recipe, head_sizes
 
@@ -99,11 +99,12 @@ class VideoDataset(Dataset):
             _warn_once(sample.path, exc)
             clip = torch.zeros((views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8)
             return self._item(index, clip, False, 0)
-        clip = torch.cat([self.test_transform(view) for view in frames.split(d.num_frames)])
+        t = d.num_frames
+        clip = torch.cat([self.test_transform(frames[k * t:(k + 1) * t]) for k in range(d.test_views.temporal)])
         return self._item(index, clip, True, 0)
 
-    def _read(self, sample: Sample, pick: Callable[[int], np.ndarray]) -> torch.Tensor:
-        """Frames chosen by pick(number of frames) as T×3×H×W uint8, from the store or the video."""
+    def _read(self, sample: Sample, pick: Callable[[int], np.ndarray]) -> Frames:
+        """Frames chosen by pick(number of frames), each 3×H×W uint8, from the store or the video."""
         if self.store is not None:
             with self.store.open(sample.path) as entry:
                 return entry.read(pick(entry.num_frames))

@@ -212,8 +212,10 @@ class StoreEntry:
             raise
         self.num_frames: int = self.header["num_frames"]
 
-    def read(self, indices: Sequence[int]) -> torch.Tensor:
-        """Frames `indices` as N×3×H×W uint8; indices past the end give the last frame."""
+    def read(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Frames `indices` as 3×H×W uint8 tensors (a repeated index repeats the same tensor);
+        indices past the end give the last frame. A list, not a stacked tensor: the transforms
+        copy each frame's crop out anyway, and skipping the stack saves a full-frame copy."""
         wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
         unique, inverse = np.unique(wanted, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1])
@@ -228,12 +230,10 @@ class StoreEntry:
                 raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
             jpegs.append(torch.frombuffer(buf, dtype=torch.uint8))
         try:
-            frames = torch.stack(decode_jpeg(jpegs))
+            frames = decode_jpeg(jpegs)
         except RuntimeError as exc:
             raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({str(exc).splitlines()[0]})") from None
-        if len(unique) == len(wanted):  # increasing indices, the usual case: no repeats to gather
-            return frames
-        return frames.index_select(0, torch.from_numpy(inverse))
+        return [frames[i] for i in inverse]
 
     def close(self) -> None:
         self.fh.close()

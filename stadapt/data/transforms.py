@@ -1,10 +1,11 @@
 """The paper's (Table 8) spatial augmentations on uint8 clips, and normalisation.
 
-A clip enters as T×3×H×W uint8 and leaves as 3×T×S×S uint8 (training) or views×3×T×S×S
-(testing). Every frame of one clip gets the same crop, flip and RandAugment ops, so motion
-stays intact. Work on the CPU stays in uint8 and crops before it resizes, so the loader does
-not spend its time on float arithmetic over pixels that are thrown away; `normalize` turns a
-batch into float wherever it lives, typically on the GPU.
+A clip enters as T frames of 3×H×W uint8 (a T×3×H×W tensor or a list of frames, as the
+readers give them) and leaves as 3×T×S×S uint8 (training) or views×3×T×S×S (testing). Every
+frame of one clip gets the same crop, flip and RandAugment ops, so motion stays intact. Work
+on the CPU stays in uint8 and cuts the crop out before resizing, in one copy into the
+channels-last layout the fast uint8 resize kernel wants; `normalize` turns a batch into float
+wherever it lives, typically on the GPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's standard aspect-ratio range
 _RANDAUGMENT = re.compile(r"rand(-(m\d+|n\d+|mstd\d+(\.\d+)?|mmax\d+|inc[01]|p(\d+)?(\.\d+)?))*")
 
 
+Frames = Union[torch.Tensor, Sequence[torch.Tensor]]  # T×3×H×W, or T frames of 3×H×W
+
+
 def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear, antialiased resize of T×3×H×W uint8 frames (uint8 stays uint8)."""
     if clip.shape[-2:] == (height, width):
@@ -34,28 +38,32 @@ def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
-def crop_resize(clip: torch.Tensor, top: int, left: int, height: int, width: int, size: int) -> torch.Tensor:
-    """Cut the box out first, then resize only it to size×size."""
-    return resize(clip[..., top:top + height, left:left + width], size, size)
+def crop_resize(frames: Frames, top: int, left: int, height: int, width: int,
+                out_height: int, out_width: int) -> torch.Tensor:
+    """The same box of every frame, resized to out_height×out_width: T×3×h×w (channels-last)."""
+    box = torch.empty((len(frames), height, width, 3), dtype=torch.uint8)
+    for out, frame in zip(box, frames):
+        out.copy_(frame[:, top:top + height, left:left + width].permute(1, 2, 0))
+    return resize(box.permute(0, 3, 1, 2), out_height, out_width)
 
 
-def short_side_jitter(clip: torch.Tensor, scale: Sequence[int], crop: int, rng: np.random.Generator) -> torch.Tensor:
+def short_side_jitter(frames: Frames, scale: Sequence[int], crop: int, rng: np.random.Generator) -> torch.Tensor:
     """Resize the short side to a random length in `scale`, then cut a random crop×crop square.
 
     Done as one crop-then-resize: the square in the resized frame is a box of
     crop×short/side pixels in the original one.
     """
-    h, w = clip.shape[-2:]
+    h, w = frames[0].shape[-2:]
     side = int(rng.integers(scale[0], scale[1] + 1))
     box = min(round(crop * min(h, w) / side), h, w)
     top = int(rng.integers(0, h - box + 1))
     left = int(rng.integers(0, w - box + 1))
-    return crop_resize(clip, top, left, box, box, crop)
+    return crop_resize(frames, top, left, box, box, crop, crop)
 
 
-def random_resized_crop(clip: torch.Tensor, area: Sequence[float], crop: int, rng: np.random.Generator) -> torch.Tensor:
+def random_resized_crop(frames: Frames, area: Sequence[float], crop: int, rng: np.random.Generator) -> torch.Tensor:
     """A random box of `area` × the frame's area and aspect ratio in 3/4..4/3, resized to crop×crop."""
-    h, w = clip.shape[-2:]
+    h, w = frames[0].shape[-2:]
     log_ratio = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
     for _ in range(10):
         target = h * w * rng.uniform(area[0], area[1])
@@ -63,12 +71,12 @@ def random_resized_crop(clip: torch.Tensor, area: Sequence[float], crop: int, rn
         bw, bh = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
         if 0 < bw <= w and 0 < bh <= h:
             top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-            return crop_resize(clip, top, left, bh, bw, crop)
+            return crop_resize(frames, top, left, bh, bw, crop, crop)
     # No box fitted: the centre box with the ratio clamped into range, as torchvision does.
     ratio = min(max(w / h, RRC_RATIO[0]), RRC_RATIO[1])
     bw, bh = (w, round(w / ratio)) if w / h < ratio else (round(h * ratio), h)
     bw, bh = min(bw, w), min(bh, h)
-    return crop_resize(clip, (h - bh) // 2, (w - bw) // 2, bh, bw, crop)
+    return crop_resize(frames, (h - bh) // 2, (w - bw) // 2, bh, bw, crop, crop)
 
 
 def parse_randaugment(spec: str) -> dict[str, float]:
@@ -113,18 +121,18 @@ class ClipRandAugment:
 
 
 class TrainTransform:
-    """Resize/crop (short-side jitter or RandomResizedCrop), mirror, RandAugment: T×3×H×W → 3×T×S×S."""
+    """Resize/crop (short-side jitter or RandomResizedCrop), mirror, RandAugment: T frames → 3×T×S×S."""
 
     def __init__(self, data: DataConfig):
         self.data = data
         self.randaugment = ClipRandAugment(data.randaugment, data.crop) if data.randaugment else None
 
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, frames: Frames, rng: np.random.Generator) -> torch.Tensor:
         d = self.data
         if d.train_resize == "short_side_jitter":
-            clip = short_side_jitter(clip, d.scale, d.crop, rng)
+            clip = short_side_jitter(frames, d.scale, d.crop, rng)
         else:
-            clip = random_resized_crop(clip, d.rrc_area, d.crop, rng)
+            clip = random_resized_crop(frames, d.rrc_area, d.crop, rng)
         if d.mirror and rng.random() < 0.5:
             clip = clip.flip(-1)
         if self.randaugment is not None:
@@ -134,18 +142,18 @@ class TrainTransform:
 
 class EvalTransform:
     """Short side to data.test_resize, then 1 centre crop or 3 crops along the long side:
-    T×3×H×W → S×3×T×crop×crop."""
+    T frames → S×3×T×crop×crop."""
 
     def __init__(self, data: DataConfig):
         if data.test_resize < data.crop:
             raise RecipeError(f"data.test_resize = {data.test_resize} must be at least data.crop ({data.crop})")
         self.data = data
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+    def __call__(self, frames: Frames) -> torch.Tensor:
         d = self.data
-        h, w = clip.shape[-2:]
+        h, w = frames[0].shape[-2:]
         short = min(h, w)
-        clip = resize(clip, round(h * d.test_resize / short), round(w * d.test_resize / short))
+        clip = crop_resize(frames, 0, 0, h, w, round(h * d.test_resize / short), round(w * d.test_resize / short))
         return torch.stack([view.permute(1, 0, 2, 3) for view in spatial_crops(clip, d.crop, d.test_views.spatial)])
 
 
