@@ -6,6 +6,8 @@ code (2 for bad input); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stadapt.errors import StadaptError
+from stadapt.fileio import atomic_write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt frozen image ViTs to video with Spatio-Temporal Adapters.")
@@ -159,6 +162,43 @@ def convert_official_command(
     if done.recipe.model.pretrained.lower() in ("", "none"):
         err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone", highlight=False)
     console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
+
+
+@bench_app.command("loader")
+def bench_loader_command(
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled name; data.root names the data."),
+    overrides: list[str] = typer.Option([], "--set", help="key=value recipe override, repeatable."),
+    workers: int = typer.Option(1, "--workers", min=0, help="DataLoader worker processes (one CPU core each)."),
+    source: str = typer.Option("prepared", "--source", help="prepared (the store of prepare --decode) or raw videos."),
+    clips: int = typer.Option(256, "--clips", min=1, help="Clips to time after the warm-up."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch."),
+    reference_clips: int = typer.Option(24, "--reference-clips", min=1, help="Clips for the reference PyAV loader."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Alternating rounds of both loaders; the best of each counts."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON file to write (default benchmarks/results/loader-RECIPE-DATE.json)."),
+) -> None:
+    """Clips/s of the training data pipeline per worker, against the reference PyAV loader."""
+    from stadapt.loader_bench import bench_loader
+    from stadapt.recipe import load_recipe, resolve_recipe_path
+
+    if source not in ("prepared", "raw"):
+        raise typer.BadParameter(f"{source!r} is not one of prepared, raw", param_hint="--source")
+    path = resolve_recipe_path(recipe)
+    result = bench_loader(load_recipe(path, overrides), workers=workers, source=source, num_clips=clips,
+                          batch_size=batch_size, reference_clips=reference_clips, rounds=rounds,
+                          recipe_path=str(path))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or Path("benchmarks/results") / f"loader-{path.stem}-{stamp}.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if json_out:
+        print(json.dumps(result))
+        return
+    table = Table("metric", "value", title=f"loader: {path.stem}, source={source}, workers={workers}")
+    for key in ("clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
+                "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
+        table.add_row(key, str(result[key]))
+    console.print(table)
+    console.print(f"saved {out}")
 
 
 @app.callback()
