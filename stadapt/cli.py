@@ -195,6 +195,7 @@ def bench_loader_command(
         return
     table = Table("metric", "value", title=f"loader: {path.stem}, source={source}, workers={workers}")
     for key in ("clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
+                "clips_per_cpu_s", "reference_clips_per_cpu_s", "cpu_speedup_vs_reference",
                 "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
         table.add_row(key, str(result[key]))
     console.print(table)

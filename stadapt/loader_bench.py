@@ -7,7 +7,8 @@ Two loaders measured in one run, so the ratio holds on a noisy machine:
   frame, keep the sampled ones, then the same transforms; one process, one thread.
 Both report clips per second per worker, i.e. per CPU core. On a shared machine other work
 comes and goes, so the two alternate over several rounds and each reports its best round
-(all rounds are in the result too).
+(all rounds are in the result too). Clips per CPU-second of the loading processes are
+reported beside: that figure does not move when other processes compete for the cores.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -45,28 +47,31 @@ def bench_loader(recipe: Recipe, workers: int, source: str, num_clips: int, batc
     recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, source=source))
     dataset = build_dataset(recipe, "train", train=True)
 
-    ours, reference, skipped = [], [], 0
+    ours, reference = [], []
     for r in range(rounds):
-        clips_per_s, round_skipped = _time_dataloader(dataset, workers, batch_size, warmup_batches,
-                                                      num_clips // rounds, seed=r)
-        ours.append(clips_per_s)
-        skipped += round_skipped
+        ours.append(_time_dataloader(dataset, workers, batch_size, warmup_batches, num_clips // rounds, seed=r))
         reference.append(_time_reference(dataset, max(reference_clips // rounds, 1), seed=r))
-    best, best_reference = max(ours), max(reference)
+    best = max(t["clips"] / t["wall_s"] for t in ours)
+    best_reference = max(t["clips"] / t["wall_s"] for t in reference)
     per_worker = best / max(workers, 1)
+    per_cpu_s = sum(t["cpu_clips"] for t in ours) / sum(t["cpu_s"] for t in ours)
+    reference_per_cpu_s = sum(t["clips"] for t in reference) / sum(t["cpu_s"] for t in reference)
     return {
         "benchmark": "loader",
         "clips_per_s": round(best, 2),
         "clips_per_s_per_worker": round(per_worker, 2),
         "reference_clips_per_s_per_worker": round(best_reference, 2),
         "speedup_vs_reference": round(per_worker / best_reference, 2),
-        "rounds_clips_per_s": [round(x, 2) for x in ours],
-        "rounds_reference_clips_per_s": [round(x, 2) for x in reference],
+        "clips_per_cpu_s": round(per_cpu_s, 2),
+        "reference_clips_per_cpu_s": round(reference_per_cpu_s, 2),
+        "cpu_speedup_vs_reference": round(per_cpu_s / reference_per_cpu_s, 2),
+        "rounds_clips_per_s": [round(t["clips"] / t["wall_s"], 2) for t in ours],
+        "rounds_reference_clips_per_s": [round(t["clips"] / t["wall_s"], 2) for t in reference],
+        "skipped_videos": sum(t["skipped"] for t in ours),
         "workers": workers,
         "batch_size": batch_size,
-        "clips_timed": num_clips // rounds // batch_size * batch_size * rounds,
-        "reference_clips_timed": max(reference_clips // rounds, 1) * rounds,
-        "skipped_videos": skipped,
+        "clips_timed": sum(t["clips"] for t in ours),
+        "reference_clips_timed": sum(t["clips"] for t in reference),
         "source": source,
         "recipe": recipe_path,
         "data_root": recipe.data.root,
@@ -97,34 +102,53 @@ def _matching_heads(recipe: Recipe) -> Recipe:
 
 
 def _time_dataloader(dataset: VideoDataset, workers: int, batch_size: int, warmup_batches: int,
-                     num_clips: int, seed: int) -> tuple[float, int]:
-    """(clips/s after `warmup_batches`, videos skipped) over `num_clips` clips in full batches."""
+                     num_clips: int, seed: int) -> dict[str, float]:
+    """Wall time of `num_clips` clips after `warmup_batches`, and the loading processes' CPU
+    time over all batches (workers' CPU time is known once they have exited)."""
     batches = warmup_batches + max(num_clips // batch_size, 1)
     sampler = RandomSampler(dataset, replacement=True, num_samples=batches * batch_size,
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         prefetch_factor=4 if workers else None)
+    threads = torch.get_num_threads()
+    if workers == 0:
+        torch.set_num_threads(1)  # as DataLoader workers do: one worker, one core
+    cpu_start = _cpu_seconds(workers)
     clips, skipped, start = 0, 0, 0.0
-    for i, batch in enumerate(loader):
-        if i == warmup_batches:
-            start = time.perf_counter()
-        if i >= warmup_batches:
-            clips += batch["clip"].shape[0]
-            skipped += int(batch["skipped"].sum())
-    return clips / (time.perf_counter() - start), skipped
+    try:
+        for i, batch in enumerate(loader):
+            if i == warmup_batches:
+                start = time.perf_counter()
+            if i >= warmup_batches:
+                clips += batch["clip"].shape[0]
+                skipped += int(batch["skipped"].sum())
+    finally:
+        torch.set_num_threads(threads)
+    wall = time.perf_counter() - start
+    del loader  # workers exit and are waited for, so their CPU time is counted
+    return {"clips": clips, "wall_s": wall, "skipped": skipped, "cpu_clips": batches * batch_size,
+            "cpu_s": _cpu_seconds(workers) - cpu_start}
 
 
-def _time_reference(dataset: VideoDataset, num_clips: int, seed: int) -> float:
-    """Clips/s of decode-everything-with-PyAV on one thread, with our sampling and transforms."""
+def _cpu_seconds(workers: int) -> float:
+    """CPU time of the loading processes: this one, or its finished children (the workers)."""
+    if workers == 0:
+        return time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time_reference(dataset: VideoDataset, num_clips: int, seed: int) -> dict[str, float]:
+    """Decode-everything-with-PyAV on one thread, with our sampling and transforms."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         order = np.random.default_rng([seed]).integers(dataset.num_samples, size=num_clips + 1)
         _reference_clip(dataset, int(order[0]), [seed, 0])  # warm-up
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for i, index in enumerate(order[1:]):
             _reference_clip(dataset, int(index), [seed, i + 1])
-        return num_clips / (time.perf_counter() - start)
+        return {"clips": num_clips, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
     finally:
         torch.set_num_threads(threads)
 

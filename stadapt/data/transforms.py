@@ -101,7 +101,7 @@ class ClipRandAugment:
     def __init__(self, spec: str, crop: int):
         from timm.data.auto_augment import rand_augment_transform
 
-        self.settings = parse_randaugment(spec)
+        parse_randaugment(spec)  # one clear line for a bad string, before timm asserts
         self.ops = rand_augment_transform(spec, {"translate_const": int(crop * 0.45)})
 
     def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
