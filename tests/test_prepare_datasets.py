@@ -293,14 +293,14 @@ def test_ek100_segments_with_verb_and_noun(ek100, tmp_path):
     train = rows(out, "train")
     assert list(train[0]) == ["path", "label", "verb", "noun", "num_frames", "fps", "start_frame", "stop_frame"]
     assert [(r["path"], r["label"], r["verb"], r["noun"], r["start_frame"], r["stop_frame"], r["num_frames"])
-            for r in train] == [("P01/videos/P01_01.MP4", "0", "0", "1", "1", "3", "6"),
-                                ("P01/videos/P01_01.MP4", "2", "2", "3", "2", "5", "6")]
+            for r in train] == [("P01/videos/P01_01.MP4", "0", "0", "1", "0", "2", "6"),  # 1-based → 0-based
+                                ("P01/videos/P01_01.MP4", "2", "2", "3", "1", "4", "6")]
     assert [(r["path"], r["verb"], r["noun"]) for r in rows(out, "val")] == [("P04/videos/P04_01.MP4", "1", "2")]
     t = report["splits"]["train"]
     assert (t["indexed"], t["videos"], t["missing"], t["unreadable"], t["skipped"]) == (5, 2, 1, 2, 1)
     assert report["classes"] == {"label": 3, "verb": 3, "noun": 4}
     samples = PreparedDataset.open(out).samples("train", heads={"verb": 3, "noun": 4})
-    assert (samples[1].labels, samples[1].start_frame, samples[1].stop_frame) == ({"verb": 2, "noun": 3}, 2, 5)
+    assert (samples[1].labels, samples[1].start_frame, samples[1].stop_frame) == ({"verb": 2, "noun": 3}, 1, 4)
 
 
 # -- folder and csv --------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def parse_segments(text: str, source: str, num_verbs: int, num_nouns: int
             skipped.append(Skipped(where, f"narration_id {row['narration_id']} is listed twice"))
         else:
             seen.add(row["narration_id"])
-            rows.append((Path(participant) / "videos" / video_id, start, stop, verb, noun))
+            # EPIC numbers frames from 1 (frame_0000000001.jpg); the decoder counts from 0.
+            rows.append((Path(participant) / "videos" / video_id, max(start - 1, 0), max(stop - 1, 0), verb, noun))
     return rows, skipped
 
 
