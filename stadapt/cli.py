@@ -104,10 +104,12 @@ def bench_model_command(
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
     import json
 
-    from stadapt.bench import bench_model, write_result
     from stadapt.recipe import load_recipe
 
-    result = bench_model(load_recipe(recipe, overrides), recipe, impl=impl, device=device,
+    loaded = load_recipe(recipe, overrides)  # a bad recipe fails before torch is imported
+    from stadapt.bench import bench_model, write_result
+
+    result = bench_model(loaded, recipe, impl=impl, device=device,
                          batch_size=batch_size, steps=steps, warmup=warmup)
     path = write_result(result, out)
     if json_output:
