@@ -19,6 +19,10 @@ class CheckpointError(StadaptError):
     """A checkpoint or adapter file that is missing, truncated, foreign or unsafe."""
 
 
+class BusyError(StadaptError):
+    """Another process is writing the same output directory."""
+
+
 def not_utf8(path: object, exc: UnicodeDecodeError) -> DataError:
     """`path:LINE: not UTF-8 ...` for a text file that failed to decode, the line counted from the bytes."""
     line = exc.object[: exc.start].count(b"\n") + 1

@@ -1,14 +1,17 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and a
+lock file that keeps two processes from writing the same directory."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 
 def _usual_mode() -> int:
@@ -97,3 +100,59 @@ def _signals_held() -> Iterator[None]:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         for s in caught:
             signal.raise_signal(s)
+
+
+class FileLock:
+    """An exclusive lock on `path`, a file that holds `host pid` of its holder.
+
+    Taken with flock(2), so the kernel drops it when the holder dies, however it dies: a lock
+    file left behind by a dead process (SIGKILL, a crash) is simply taken over. `acquire`
+    never waits; it returns False when another live process holds the lock, and `owner`
+    then says who. The file is removed on release.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _usual_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder released (and removed) it between our open and flock: again
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def owner(self) -> str:
+        """'PID 123 on host' of the holder, as its lock file says."""
+        try:
+            host, pid = self.path.read_text(encoding="utf-8").split()
+            return f"PID {int(pid)} on {host}"
+        except (OSError, ValueError, UnicodeDecodeError):
+            return "another process"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before unlocking: a waiter then re-checks the inode
+        os.close(self._fd)
+        self._fd = None
