@@ -19,6 +19,10 @@ class CheckpointError(StadaptError):
     """A checkpoint or adapter file that is missing, truncated, foreign or unsafe."""
 
 
+class DiskFullError(StadaptError):
+    """A write failed for want of space; the file it was replacing is untouched."""
+
+
 class BusyError(StadaptError):
     """Another process is writing the same output directory."""
 
