@@ -79,17 +79,18 @@ def load_model(source: str | Path, map_location: str | torch.device = "cpu") -> 
     The returned model carries `.recipe` and `.class_names` ({head: [names]}).
     """
     tensors, metadata = read_adapter(source)
-    recipe = recipe_from_dict(_parsed(metadata, "recipe", yaml.safe_load, source, dict),
+    file = Path(source) / ADAPTER_FILE if Path(source).is_dir() else Path(source)
+    recipe = recipe_from_dict(_parsed(metadata, "recipe", yaml.safe_load, file, dict),
                               source=f"{source} (recipe in metadata)")
-    identity = _parsed(metadata, "backbone_identity", json.loads, source, dict, "{}")
+    identity = _parsed(metadata, "backbone_identity", json.loads, file, dict, "{}")
     model = build_model(recipe)
     expected = identity.get("pretrained_sha256")
     if expected and model.backbone_identity.get("pretrained_sha256") != expected:
         raise CheckpointError(f"{source}: trained on backbone weights {recipe.model.pretrained} with SHA-256 "
                               f"{expected[:12]}…, but that file now hashes differently")
-    load_trainable(model, tensors, str(source))
+    load_trainable(model, tensors, str(file))
     model.recipe = recipe
-    model.class_names = _parsed(metadata, "class_names", json.loads, source, dict, "{}")
+    model.class_names = _parsed(metadata, "class_names", json.loads, file, dict, "{}")
     return model.to(map_location)
 
 
