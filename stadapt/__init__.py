@@ -5,19 +5,26 @@ The Python API:
     model = stadapt.build_model(recipe)          # float B×3×T×H×W → logits
     stadapt.save_adapter(model, "adapter.safetensors", recipe=recipe, class_names=names)
     model = stadapt.load_model("runs/latest")    # backbone rebuilt, adapter weights loaded
-"""
 
-from stadapt.model.build import build_model
-from stadapt.recipe import Recipe, load_recipe
+Names are imported on first use, so that `import stadapt` (and every data-loading worker
+process) does not pay for torch and open_clip until it needs them.
+"""
 
 __all__ = ["Recipe", "build_model", "load_recipe", "load_model", "save_adapter"]
 __version__ = "0.1.0"
 
+_WHERE = {
+    "Recipe": "stadapt.recipe",
+    "load_recipe": "stadapt.recipe",
+    "build_model": "stadapt.model.build",
+    "save_adapter": "stadapt.model.artifact",
+    "load_model": "stadapt.model.artifact",
+}
+
 
 def __getattr__(name: str):
-    # Artifacts pull in safetensors; import them on first use.
-    if name in ("save_adapter", "load_model"):
-        from stadapt.model import artifact
+    if name in _WHERE:
+        import importlib
 
-        return getattr(artifact, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'stadapt' has no attribute {name!r}")

@@ -6,8 +6,11 @@ code (2 for bad input); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stadapt.errors import StadaptError
+from stadapt.fileio import atomic_write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt frozen image ViTs to video with Spatio-Temporal Adapters.")
@@ -22,6 +26,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 bench_app = typer.Typer(no_args_is_help=True, help="Measure cost: parameters, FLOPs, speed, memory, loading.")
 app.add_typer(bench_app, name="bench")
+convert_app = typer.Typer(no_args_is_help=True, help="Import adapters trained by other code into a run directory.")
+app.add_typer(convert_app, name="convert")
 
 
 @app.command("recipes")
@@ -37,6 +43,165 @@ def recipes_command() -> None:
         table.add_row(name, r.data.dataset, r.model.backbone, "+".join(r.model.adapter.positions),
                       str(r.train.steps), str(r.train.batch_size), views)
     console.print(table)
+
+
+PREPARE_HELP = (
+    "Index a data set, probe every video once, write classes.txt, train.csv, val.csv and report.json.\n\n"
+    "Annotation files are read where the official archives put them (one folder level more is fine). "
+    "Missing and unreadable videos are listed in report.json, not fatal. "
+    "A re-run probes only new or changed files.\n\n"
+    "csv: ROOT/train.csv and ROOT/val.csv (or --train-csv, --val-csv) with a header `path,label`; "
+    "paths are relative to ROOT or absolute; a label is a class name or an index "
+    "(into ROOT/classes.txt when there is one).\n\n"
+    "synthetic: generates videos into ROOT, then splits them like a folder."
+)
+
+
+@app.command("prepare", help=PREPARE_HELP)
+def prepare_command(
+    dataset: str = typer.Argument(..., help="k400 | ssv2 | ek100 | ucf101 | hmdb51 | folder | csv | synthetic"),
+    root: Path = typer.Argument(..., help="Where the data set was unpacked (synthetic: where to write the videos)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prepared directory to write (default data/DATASET)."),
+    split: int = typer.Option(1, "--split", min=1, max=3, help="Official split of ucf101 / hmdb51."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Probing processes (default: all cores)."),
+    decode: bool = typer.Option(False, "--decode/--no-decode", help="Also write the pre-decoded store."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="folder / synthetic: share of each class for val."),
+    seed: int = typer.Option(0, "--seed", help="folder / synthetic: seed of the split (and of the videos)."),
+    train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="csv: train list (default ROOT/train.csv)."),
+    val_csv: Optional[Path] = typer.Option(None, "--val-csv", help="csv: val list (default ROOT/val.csv)."),
+    classes: int = typer.Option(8, "--classes", min=1, help="synthetic: number of classes."),
+    videos_per_class: int = typer.Option(12, "--videos-per-class", min=1, help="synthetic: videos per class."),
+    frames: int = typer.Option(32, "--frames", min=1, help="synthetic: frames per video."),
+    size: str = typer.Option("80x64", "--size", help="synthetic: WIDTHxHEIGHT."),
+) -> None:
+    """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
+    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
+    from stadapt.data.indexers import IndexOptions
+    from stadapt.data.probe import default_workers
+
+    options = PrepareOptions(
+        dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode,
+        index=IndexOptions(split=split, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv),
+        synthetic=SyntheticOptions(classes=classes, videos_per_class=videos_per_class, frames=frames,
+                                   size=parse_size(size)),
+    )
+    report = prepare(options, console=err_console)
+    console.print(summary_table(report, options.out or Path("data") / dataset))
+
+
+@bench_app.command("model")
+def bench_model_command(
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="recipe file or bundled recipe name"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32 on cuda, 2 on cpu]"),
+    impl: str = typer.Option("fast", "--impl", help="adapter implementation to measure: fast or reference"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up steps [default: 5 on cuda, 1 on cpu]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
+) -> None:
+    """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
+    import json
+
+    from stadapt.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)  # a bad recipe fails before torch is imported
+    from stadapt.bench import bench_model, write_result
+
+    result = bench_model(loaded, recipe, impl=impl, device=device,
+                         batch_size=batch_size, steps=steps, warmup=warmup)
+    path = write_result(result, out)
+    if json_output:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        err_console.print(f"wrote {path}", highlight=False)
+        return
+    _print_bench_model(result, path)
+
+
+def _print_bench_model(result: dict, path: Path) -> None:
+    def show(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+    timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
+             else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
+    table = Table("variant", "trainable", "GFLOPs/view", "latency ms", "infer clips/s", "train clips/s",
+                  "train step ms", "train peak MiB",
+                  title=f"bench model: {result['recipe']} on {result['device_name']}",
+                  caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
+    for name, v in result["variants"].items():
+        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}", show(v["latency_ms"]),
+                      show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
+                      show(v["train_peak_mem_mib"]))
+    console.print(table)
+    for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
+                "adapter_overhead_vs_backbone", "projected_gpu_hours"):
+        value = result[key]
+        console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
+
+
+@convert_app.command("official")
+def convert_official_command(
+    checkpoint: Path = typer.Argument(..., help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
+    recipe: str = typer.Option(..., "--recipe", help="recipe giving the backbone, pretrained weights and data"),
+    overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="run directory to write (recipe.yaml, adapter.safetensors)"),
+) -> None:
+    """Convert a public-code ST-Adapter checkpoint; its tensors set the adapter layout."""
+    from stadapt.model.convert import convert_official
+
+    done = convert_official(checkpoint, recipe, out, overrides)
+    adapter, ckpt = done.recipe.model.adapter, done.checkpoint
+    table = Table("", "", show_header=False, title=f"converted {checkpoint} → {done.out}")
+    table.add_row("backbone", f"{done.recipe.model.backbone} ({done.recipe.model.pretrained})")
+    table.add_row("positions", ", ".join(adapter.positions))
+    table.add_row("layers", str(adapter.layers))
+    table.add_row("width / kernel", f"{adapter.width} / {'x'.join(map(str, adapter.kernel))}, activation none")
+    table.add_row("classes", f"{ckpt.num_classes} from {done.class_source}")
+    table.add_row("tensors imported", f"{done.tensors} (ignored: optimizer state and {len(ckpt.ignored)} other keys)")
+    console.print(table)
+    if done.recipe.model.pretrained.lower() in ("", "none"):
+        err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone", highlight=False)
+    console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
+
+
+@bench_app.command("loader")
+def bench_loader_command(
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled name; data.root names the data."),
+    overrides: list[str] = typer.Option([], "--set", help="key=value recipe override, repeatable."),
+    workers: int = typer.Option(1, "--workers", min=0, help="DataLoader worker processes (one CPU core each)."),
+    source: str = typer.Option("prepared", "--source", help="prepared (the store of prepare --decode) or raw videos."),
+    clips: int = typer.Option(256, "--clips", min=1, help="Clips to time after the warm-up."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch."),
+    reference_clips: int = typer.Option(24, "--reference-clips", min=1, help="Clips for the reference PyAV loader."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Alternating rounds of both loaders; the best of each counts."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON file to write (default benchmarks/results/loader-RECIPE-DATE.json)."),
+) -> None:
+    """Clips/s of the training data pipeline per worker, against the reference PyAV loader."""
+    from stadapt.loader_bench import bench_loader
+    from stadapt.recipe import load_recipe, resolve_recipe_path
+
+    if source not in ("prepared", "raw"):
+        raise typer.BadParameter(f"{source!r} is not one of prepared, raw", param_hint="--source")
+    path = resolve_recipe_path(recipe)
+    result = bench_loader(load_recipe(path, overrides), workers=workers, source=source, num_clips=clips,
+                          batch_size=batch_size, reference_clips=reference_clips, rounds=rounds,
+                          recipe_path=str(path))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or Path("benchmarks/results") / f"loader-{path.stem}-{stamp}.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if json_out:
+        print(json.dumps(result))
+        return
+    table = Table("metric", "value", title=f"loader: {path.stem}, source={source}, workers={workers}")
+    for key in ("clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
+                "clips_per_cpu_s", "reference_clips_per_cpu_s", "cpu_speedup_vs_reference",
+                "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
+        table.add_row(key, str(result[key]))
+    console.print(table)
+    console.print(f"saved {out}")
 
 
 @app.command("train")
@@ -61,8 +226,6 @@ def eval_command(
     set_: list[str] = typer.Option([], "--set", help="Override data.* keys: --set data.test_views.temporal=3."),
 ) -> None:
     """Score a trained run: multi-view top-1/top-5, mean class accuracy, confusion matrix."""
-    from pathlib import Path
-
     from stadapt.engine.evaluate import report_table, run_eval
 
     report = run_eval(Path(run_dir), split, set_)
@@ -80,8 +243,6 @@ def predict_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
 ) -> None:
     """Classify videos with a trained run; exit code 1 only when no video could be read."""
-    import json
-
     from stadapt.engine.predict import predict, predictions_table, resolve_model_dir
 
     model_dir = resolve_model_dir(model)

@@ -1,0 +1,339 @@
+"""Cost of a recipe's model: parameters, FLOPs, latency, throughput, training speed, memory.
+
+Timings drift between machines and runs, so one run measures three variants side by side
+and reports ratios between them (docs/performance.md):
+- the chosen path, from the recipe as given (by default the fast path: `model.impl=fast`,
+  frozen weights in bf16, `train.compile` on CUDA);
+- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d),
+  fp16 weights and autocast with a GradScaler, no compilation;
+- the frozen backbone alone (`method=linear_probe`) on the chosen path, inference only.
+Every variant is built with `build_model`, placed with `stadapt.model.runtime`, with
+random weights, and goes through the same measuring function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import stadapt
+from stadapt.errors import RecipeError, StadaptError
+from stadapt.fileio import atomic_write_text
+from stadapt.model.build import build_model, count_parameters
+from stadapt.model.runtime import compute_dtype, maybe_compile, place_model
+from stadapt.model.video_vit import VideoClassifier
+from stadapt.recipe import Recipe, head_sizes
+
+RESULTS_DIR = Path("benchmarks/results")
+IMPLS = ("fast", "reference")
+
+
+@dataclass
+class Settings:
+    """How to measure: where, at which batch size, how many warm-up and timed steps."""
+
+    device: torch.device
+    batch_size: int
+    steps: int  # timed steps per measurement (at most, when there is a budget)
+    warmup: int
+    budget_s: Optional[float] = None  # stop timing once this is spent (at least one step); CPU defaults only
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Optional[int] = None,
+                  steps: Optional[int] = None, warmup: Optional[int] = None) -> Settings:
+    """Defaults per device: a GPU times 20 steps after 5 warm-up steps; the CPU, after one
+    warm-up step, times up to 10 steps within one second, so that a ViT-B/16 recipe stays
+    well under a minute on two cores while a tiny model still gets several steps.
+    """
+    target = resolve_device(device)
+    on_gpu = target.type == "cuda"
+    return Settings(
+        device=target,
+        batch_size=batch_size if batch_size is not None else (32 if on_gpu else 2),
+        steps=steps if steps is not None else (20 if on_gpu else 10),
+        warmup=warmup if warmup is not None else (5 if on_gpu else 1),
+        budget_s=None if on_gpu or steps is not None else 1.0,
+    )
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StadaptError(f"--device {name!r}: expected cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise StadaptError(f"--device {name!r}: expected cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StadaptError(f"--device {name}: no CUDA device is available here (torch {torch.__version__})")
+    return device
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters and FLOPs
+
+
+@contextlib.contextmanager
+def countable_attention() -> Iterator[None]:
+    """Route attention through plain matrix products, which FlopCounterMode sees.
+
+    nn.MultiheadAttention's fused inference path and the CPU flash-attention kernel are
+    single opaque ops the counter has no formula for; without this, a ViT-B/16 view
+    would count about 200 GFLOPs instead of 303.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view."""
+    trainable, total = count_parameters(model)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast(device, dtype), countable_attention(), FlopCounterMode(display=False) as counter:
+        model(random_clips(recipe, 1, device))
+    model.train(was_training)
+    return {"trainable_params": trainable, "total_params": total,
+            "gflops_per_view": round(counter.get_total_flops() / 1e9, 3)}
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+def random_clips(recipe: Recipe, batch: int, device: torch.device) -> torch.Tensor:
+    size = recipe.data.crop
+    return torch.randn(batch, 3, recipe.data.num_frames, size, size, device=device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_step(step: Callable[[], None], settings: Settings) -> tuple[float, int]:
+    """Warm up, synchronise, then time calls of `step` on the device: (seconds per step, steps)."""
+    for _ in range(settings.warmup):
+        step()
+    synchronize(settings.device)
+    start = time.perf_counter()
+    done = 0
+    while done < settings.steps:
+        step()
+        done += 1
+        if settings.budget_s is not None and time.perf_counter() - start >= settings.budget_s:
+            break
+    synchronize(settings.device)
+    return (time.perf_counter() - start) / done, done
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> Optional[float]:
+    """Peak allocated memory since the last reset; the CPU has no such counter (None)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def inference_step(forward: Callable, clips: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad(), autocast(clips.device, dtype):
+            forward(clips)
+
+    return step
+
+
+def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe, clips: torch.Tensor,
+                  dtype: torch.dtype) -> Callable[[], None]:
+    """Forward, backward and an AdamW step on the trainable parameters (random labels)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = clips.device.type == "cuda" and recipe.model.impl == "fast"  # the public code's AdamW is not fused
+    optimizer = torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay, fused=fused)
+    scaler = torch.amp.GradScaler(clips.device.type, enabled=dtype == torch.float16)
+    labels = {name: torch.randint(n, (clips.shape[0],), device=clips.device)
+              for name, n in head_sizes(recipe.model).items()}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(clips.device, dtype):
+            out = forward(clips)
+            logits = out if isinstance(out, dict) else {"label": out}
+            loss = sum(F.cross_entropy(logits[name].float(), labels[name]) for name in labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str, Optional[float]]:
+    """Everything measured for one variant: cost, latency, throughput, training, memory."""
+    model = build_model(recipe)
+    check_input_size(model, recipe)
+    place_model(model, settings.device, recipe.train.precision)
+    dtype = compute_dtype(settings.device, recipe.train.precision)
+    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, dtype))
+    forward = maybe_compile(model, recipe.train.compile, settings.device)
+    figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
+    model.eval()
+    reset_peak_memory(settings.device)
+    latency, latency_steps = seconds_per_step(
+        inference_step(forward, random_clips(recipe, 1, settings.device), dtype), settings)
+    batch = random_clips(recipe, settings.batch_size, settings.device)
+    if settings.batch_size > 1:
+        reset_peak_memory(settings.device)
+        infer, infer_steps = seconds_per_step(inference_step(forward, batch, dtype), settings)
+    else:
+        infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
+    figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
+                   throughput_clips_s=round(settings.batch_size / infer, 3), infer_step_ms=round(infer * 1e3, 3),
+                   infer_steps=infer_steps, infer_peak_mem_mib=peak_memory_mib(settings.device),
+                   train_clips_s=None, train_step_ms=None, train_steps=None, train_peak_mem_mib=None)
+    if train:
+        model.train()
+        reset_peak_memory(settings.device)
+        step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch, dtype), settings)
+        figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
+                       train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
+    return figures
+
+
+def check_input_size(model: VideoClassifier, recipe: Recipe) -> None:
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    if recipe.data.crop != size:
+        raise RecipeError(f"data.crop = {recipe.data.crop}: {recipe.model.backbone} takes {size}×{size} frames")
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark
+
+
+def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]:
+    """{name: (recipe, measure training)}: the chosen path, the published path, the backbone alone."""
+    reference = copy.deepcopy(recipe)
+    reference.model.impl, reference.train.precision, reference.train.compile = "reference", "fp16", False
+    chosen = reference if impl == "reference" else copy.deepcopy(recipe)
+    chosen.model.impl = impl
+    backbone = copy.deepcopy(chosen)
+    backbone.model.method = "linear_probe"
+    return {impl: (chosen, True), "reference": (reference, True), "backbone": (backbone, False)}
+
+
+def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Optional[str] = None,
+                batch_size: Optional[int] = None, steps: Optional[int] = None,
+                warmup: Optional[int] = None) -> dict:
+    """Measure the recipe's model (random weights) and return the result as a JSON-ready dict."""
+    if impl not in IMPLS:
+        raise StadaptError(f"--impl {impl!r}: expected one of {', '.join(IMPLS)}")
+    recipe = copy.deepcopy(recipe)
+    recipe.model.pretrained = "none"  # timing does not depend on the weights; no download
+    recipe.model.init_from = None
+    settings = make_settings(recipe, device, batch_size, steps, warmup)
+    torch.manual_seed(recipe.train.seed)
+    variants = {}
+    for name, (variant, train) in variant_recipes(recipe, impl).items():
+        variants[name] = measure_variant(variant, settings, train)
+        release_memory(settings.device)
+    chosen, reference, backbone = variants[impl], variants["reference"], variants["backbone"]
+    return {
+        "benchmark": "model",
+        "recipe": recipe_name,
+        "device": settings.device.type,
+        "device_name": device_name(settings.device),
+        "impl": impl,
+        "batch_size": settings.batch_size,
+        "precision": chosen["precision"],
+        "compiled": chosen["compiled"],
+        "steps": settings.steps,
+        "warmup": settings.warmup,
+        "budget_s": settings.budget_s,
+        "weights": "random (model.pretrained=none)",
+        "trainable_params": chosen["trainable_params"],
+        "total_params": chosen["total_params"],
+        "gflops_per_view": chosen["gflops_per_view"],
+        "latency_ms": chosen["latency_ms"],
+        "throughput_clips_s": chosen["throughput_clips_s"],
+        "train_clips_s": chosen["train_clips_s"],
+        "train_step_ms": chosen["train_step_ms"],
+        "peak_mem_mib": chosen["train_peak_mem_mib"],
+        "train_speedup_vs_reference": ratio(chosen["train_clips_s"], reference["train_clips_s"]),
+        "train_peak_mem_ratio_vs_reference": ratio(chosen["train_peak_mem_mib"], reference["train_peak_mem_mib"]),
+        "infer_speedup_vs_reference": ratio(chosen["throughput_clips_s"], reference["throughput_clips_s"]),
+        "adapter_overhead_vs_backbone": _round(1 - chosen["throughput_clips_s"] / backbone["throughput_clips_s"]),
+        "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
+        "variants": variants,
+        "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__,
+                     "open_clip": open_clip.__version__, "cuda": torch.version.cuda},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "resolved_recipe": recipe.to_dict(),
+    }
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    if numerator is None or not denominator:
+        return None
+    return _round(numerator / denominator)
+
+
+def _round(value: float) -> float:
+    return round(value, 4)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+def write_result(result: dict, out: Optional[str | Path] = None) -> Path:
+    """Write the result atomically: `out`, or benchmarks/results/model-<recipe>-<device>-<impl>-<time>.json."""
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = RESULTS_DIR / f"model-{Path(result['recipe']).stem}-{result['device']}-{result['impl']}-{stamp}.json"
+    out = Path(out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return out

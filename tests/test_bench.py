@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+import stadapt
+from stadapt.bench import model_cost
+from stadapt.cli import main
+
+KEYS = {"trainable_params", "total_params", "gflops_per_view", "latency_ms", "throughput_clips_s", "train_clips_s",
+        "peak_mem_mib", "device", "device_name", "impl", "batch_size", "recipe", "train_speedup_vs_reference",
+        "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference", "adapter_overhead_vs_backbone",
+        "projected_gpu_hours", "variants", "versions", "date"}
+
+
+def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["bench", "model", "--recipe", "demo", "--json", "--device", "cpu", "--steps", "2", "--warmup", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    result = json.loads(captured.out)  # stdout is exactly one JSON object
+    assert KEYS <= set(result) and result["device"] == "cpu" and result["impl"] == "fast"
+    assert result["batch_size"] == 2 and result["peak_mem_mib"] is None and "random" in result["weights"]
+    assert set(result["versions"]) >= {"torch", "open_clip", "cuda"}
+    fast, reference, backbone = (result["variants"][k] for k in ("fast", "reference", "backbone"))
+    for variant in (fast, reference, backbone):
+        assert variant["latency_ms"] > 0 and variant["throughput_clips_s"] > 0 and variant["gflops_per_view"] > 0
+        assert variant["latency_steps"] == variant["infer_steps"] == 2
+    assert fast["train_clips_s"] > 0 and reference["train_clips_s"] > 0 and backbone["train_clips_s"] is None
+    assert fast["trainable_params"] == reference["trainable_params"] > backbone["trainable_params"]
+    assert fast["total_params"] > backbone["total_params"] and fast["gflops_per_view"] > backbone["gflops_per_view"]
+    assert result["trainable_params"] == fast["trainable_params"] and result["train_clips_s"] == fast["train_clips_s"]
+    assert result["train_speedup_vs_reference"] == round(fast["train_clips_s"] / reference["train_clips_s"], 4)
+    assert result["infer_speedup_vs_reference"] == round(fast["throughput_clips_s"] / reference["throughput_clips_s"], 4)
+    assert result["adapter_overhead_vs_backbone"] == round(1 - fast["throughput_clips_s"] / backbone["throughput_clips_s"], 4)
+    assert result["train_peak_mem_ratio_vs_reference"] is None
+    assert result["projected_gpu_hours"] == round(300 * 16 / fast["train_clips_s"] / 3600, 4)
+    written = list((tmp_path / "benchmarks" / "results").glob("model-demo-cpu-fast-*.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text()) == result
+
+
+def test_k400_vitb_cost_matches_the_paper():
+    recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none"])
+    cost = model_cost(stadapt.build_model(recipe), recipe, torch.device("cpu"))
+    assert cost["trainable_params"] == 7_417_744
+    assert cost["gflops_per_view"] == pytest.approx(303.3, rel=0.01)
+
+
+def test_bad_options_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "model", "--recipe", "demo", "--impl", "turbo", "--device", "cpu"]) == 2
+    assert main(["bench", "model", "--recipe", "demo", "--device", "tpu"]) == 2
+    assert main(["bench", "model", "--recipe", "nope"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["bench", "model", "--recipe", "demo", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 + (not torch.cuda.is_available()) and err.count("\n") == err.count("error:")
+    assert not (tmp_path / "benchmarks").exists()

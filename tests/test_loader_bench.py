@@ -1,0 +1,37 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = {"clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
+        "device", "cpu", "versions", "date", "recipe", "num_frames", "crop", "source"}
+
+
+def stadapt(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "stadapt", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bench_loader_json(prepared_dir, tmp_path):
+    done = stadapt("bench", "loader", "--recipe", "demo", "--set", f"data.root={prepared_dir}", "--workers", "1",
+                   "--clips", "8", "--batch-size", "4", "--rounds", "1", "--reference-clips", "2", "--json",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # exactly one JSON object, nothing else
+    assert KEYS <= set(result)
+    assert result["clips_per_s"] > 0 and result["source"] == "prepared" and result["num_frames"] == 8
+    assert {"torch", "decord", "av"} <= set(result["versions"])
+    saved = list((tmp_path / "benchmarks" / "results").glob("loader-demo-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == result
+
+
+def test_bench_loader_bad_data_root_is_one_line(tmp_path, capsys):
+    from stadapt.cli import main
+
+    code = main(["bench", "loader", "--recipe", "demo", "--set", f"data.root={tmp_path / 'nope'}", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "data.root" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,99 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stadapt.data import store as store_module
+from stadapt.data.decode import VideoReadError, read_frames
+from stadapt.data.manifest import Sample
+from stadapt.data.store import FrameStore, entry_path, write_store
+from stadapt.data.synthetic import generate_synthetic
+from stadapt.errors import DataError
+
+
+@pytest.fixture()
+def videos(tmp_path):
+    return [p for p, _ in generate_synthetic(tmp_path / "videos", classes=2, videos_per_class=3, frames=20, size=(96, 64))]
+
+
+def samples_of(paths):
+    return [Sample(p, {"label": 0}) for p in paths]
+
+
+def test_round_trip_matches_the_resized_video(tmp_path, videos):
+    summary = write_store(tmp_path / "prepared", samples_of(videos), short_side=48)
+    assert (summary["videos"], summary["frames"], summary["written"], summary["failed"]) == (6, 120, 6, [])
+    assert summary["bytes"] == sum(entry_path(tmp_path / "prepared", v).stat().st_size for v in videos)
+    store = FrameStore(tmp_path / "prepared")
+    for video in videos:
+        with store.open(video) as entry:
+            assert entry.num_frames == 20
+            got = torch.stack(entry.read([0, 7, 7, 19, 25]))
+        assert got.shape == (5, 3, 48, 72) and got.dtype == torch.uint8
+        raw = torch.from_numpy(read_frames(video, [0, 7, 7, 19, 19])).permute(0, 3, 1, 2).float()
+        expected = F.interpolate(raw, size=(48, 72), mode="bilinear", antialias=True)
+        assert (got.float() - expected).abs().mean() < 6  # JPEG and a different resampler
+
+
+def test_small_videos_are_not_enlarged(tmp_path, videos):
+    write_store(tmp_path / "p", samples_of(videos[:1]), short_side=256)
+    with FrameStore(tmp_path / "p").open(videos[0]) as entry:
+        assert entry.read([0])[0].shape == (3, 64, 96)
+
+
+def test_incremental_skips_unchanged_and_redoes_changed(tmp_path, videos):
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos), short_side=48)
+    seen = []
+    again = write_store(root, samples_of(videos + videos[:2]), short_side=48, on_video=seen.append)
+    assert (again["written"], again["unchanged"], again["videos"]) == (0, 6, 6) and len(seen) == 6
+    os.utime(videos[0], ns=(1, 1))
+    changed = write_store(root, samples_of(videos), short_side=48, workers=2)
+    assert (changed["written"], changed["unchanged"]) == (1, 5)
+    assert write_store(root, samples_of(videos), short_side=32)["written"] == 6
+    info = json.loads((root / "store" / "info.json").read_text())
+    assert info["short_side"] == 32 and info["videos"] == 6
+
+
+def test_an_interrupted_write_leaves_no_entry(tmp_path, videos, monkeypatch):
+    calls = []
+
+    def failing_encode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return torch.zeros(10, dtype=torch.uint8)
+
+    monkeypatch.setattr(store_module, "encode_jpeg", failing_encode)
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "prepared", samples_of(videos[:1]))
+    assert [p for p in (tmp_path / "prepared").rglob("*") if p.is_file()] == []
+
+
+def test_unreadable_videos_are_listed_not_fatal(tmp_path, videos):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 500)
+    summary = write_store(tmp_path / "prepared", samples_of([bad, videos[0], tmp_path / "gone.mp4"]), short_side=32)
+    assert summary["videos"] == 1
+    assert [f["path"] for f in summary["failed"]] == [str(bad), str(tmp_path / "gone.mp4")]
+    assert all(f["error"].startswith(f["path"]) for f in summary["failed"])
+
+
+def test_reader_errors_name_the_file(tmp_path, videos):
+    with pytest.raises(DataError, match="info.json: missing"):
+        FrameStore(tmp_path / "nothing")
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos[:1]), short_side=32)
+    store = FrameStore(root)
+    with pytest.raises(VideoReadError, match=str(videos[1])):
+        store.open(videos[1])
+    entry = entry_path(root, videos[0])
+    entry.write_bytes(entry.read_bytes()[:-5])
+    with pytest.raises(VideoReadError, match="damaged frame store entry"):
+        store.open(videos[0])
+    assert np.isfinite(write_store(root, samples_of(videos[:1]), short_side=32)["seconds"])
+    with store.open(videos[0]) as e:  # rewritten, since the damaged entry had no valid header
+        assert e.num_frames == 20
