@@ -34,7 +34,7 @@ import stadapt
 from stadapt.errors import RecipeError, StadaptError
 from stadapt.fileio import atomic_write_text
 from stadapt.model.build import build_model, count_parameters
-from stadapt.model.runtime import compute_dtype, maybe_compile, place_model
+from stadapt.model.runtime import autocast, compute_dtype, grad_scaler, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, head_sizes
 
@@ -51,10 +51,6 @@ class Settings:
     steps: int  # timed steps per measurement (at most, when there is a budget)
     warmup: int
     budget_s: Optional[float] = None  # stop timing once this is spent (at least one step); CPU defaults only
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Optional[int] = None,
@@ -110,12 +106,12 @@ def countable_attention() -> Iterator[None]:
 
 
 def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
-               dtype: torch.dtype = torch.float32) -> dict[str, float]:
+               precision: str = "fp32") -> dict[str, float]:
     """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view."""
     trainable, total = count_parameters(model)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), autocast(device, dtype), countable_attention(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), autocast(device, precision), countable_attention(), FlopCounterMode(display=False) as counter:
         model(random_clips(recipe, 1, device))
     model.train(was_training)
     return {"trainable_params": trainable, "total_params": total,
@@ -166,27 +162,27 @@ def peak_memory_mib(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
-def inference_step(forward: Callable, clips: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+def inference_step(forward: Callable, clips: torch.Tensor, precision: str) -> Callable[[], None]:
     def step() -> None:
-        with torch.no_grad(), autocast(clips.device, dtype):
+        with torch.no_grad(), autocast(clips.device, precision):
             forward(clips)
 
     return step
 
 
-def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe, clips: torch.Tensor,
-                  dtype: torch.dtype) -> Callable[[], None]:
+def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
+                  clips: torch.Tensor) -> Callable[[], None]:
     """Forward, backward and an AdamW step on the trainable parameters (random labels)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = clips.device.type == "cuda" and recipe.model.impl == "fast"  # the public code's AdamW is not fused
     optimizer = torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay, fused=fused)
-    scaler = torch.amp.GradScaler(clips.device.type, enabled=dtype == torch.float16)
+    scaler = grad_scaler(clips.device, recipe.train.precision) or torch.amp.GradScaler(enabled=False)
     labels = {name: torch.randint(n, (clips.shape[0],), device=clips.device)
               for name, n in head_sizes(recipe.model).items()}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(clips.device, dtype):
+        with autocast(clips.device, recipe.train.precision):
             out = forward(clips)
             logits = out if isinstance(out, dict) else {"label": out}
             loss = sum(F.cross_entropy(logits[name].float(), labels[name]) for name in labels)
@@ -202,18 +198,19 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str
     model = build_model(recipe)
     check_input_size(model, recipe)
     place_model(model, settings.device, recipe.train.precision)
-    dtype = compute_dtype(settings.device, recipe.train.precision)
-    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, dtype))
+    precision = recipe.train.precision
+    dtype = compute_dtype(settings.device, precision)
+    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, precision))
     forward = maybe_compile(model, recipe.train.compile, settings.device)
     figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
     model.eval()
     reset_peak_memory(settings.device)
     latency, latency_steps = seconds_per_step(
-        inference_step(forward, random_clips(recipe, 1, settings.device), dtype), settings)
+        inference_step(forward, random_clips(recipe, 1, settings.device), precision), settings)
     batch = random_clips(recipe, settings.batch_size, settings.device)
     if settings.batch_size > 1:
         reset_peak_memory(settings.device)
-        infer, infer_steps = seconds_per_step(inference_step(forward, batch, dtype), settings)
+        infer, infer_steps = seconds_per_step(inference_step(forward, batch, precision), settings)
     else:
         infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
     figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
@@ -223,7 +220,7 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str
     if train:
         model.train()
         reset_peak_memory(settings.device)
-        step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch, dtype), settings)
+        step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch), settings)
         figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
                        train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
     return figures

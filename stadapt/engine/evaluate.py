@@ -28,7 +28,7 @@ from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.metrics import score
 from stadapt.engine.plots import write_confusion
-from stadapt.engine.precision import autocast, configure_backends
+from stadapt.model.runtime import autocast, configure_backends
 from stadapt.engine.stream import eval_loader
 from stadapt.errors import DataError, RecipeError
 from stadapt.fileio import atomic_write_text

@@ -34,7 +34,7 @@ from stadapt.engine.evaluate import check_input_size, evaluate_model
 from stadapt.engine.interrupt import StopRequest
 from stadapt.engine.metrics import batch_correct
 from stadapt.engine.plots import plot_curves
-from stadapt.engine.precision import autocast, configure_backends, grad_scaler
+from stadapt.model.runtime import autocast, configure_backends, grad_scaler, maybe_compile, place_model
 from stadapt.engine.progress import TrainProgress
 from stadapt.engine.rundir import (MetricsLog, check_resumable, default_run_dir, lock_run_dir, point_latest,
                                    read_metrics, write_recipe)
@@ -137,13 +137,13 @@ class Trainer:
         if recipe.model.init_from and checkpoint is None:
             for note in init_from(self.model, recipe.model.init_from):
                 self.say(note)
-        self.model.to(self.device)
+        place_model(self.model, self.device, t.precision)
         self.net = self.model
         if ctx.distributed:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
-        self.forward = torch.compile(self.net) if t.compile else self.net
+        self.forward = maybe_compile(self.net, t.compile, self.device)
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)

@@ -1,20 +1,22 @@
-"""Placing a model on its device the fast way, or the published way for comparison.
+"""Running a model on its device: precision, placement and compilation, fast or as published.
 
 What the fast path does, each bought by measurement (benchmarks/results/, README):
 - frozen weights are stored in the compute dtype (bf16), so autocast does not cast the
   backbone again at every step; trainable weights stay fp32 for the optimiser;
-- the model is compiled with torch.compile (inductor fuses LayerNorm, QuickGELU, the
-  residual adds and the adapter's time-shifted sums into few kernels, and its min-cut
+- the model is compiled with torch.compile, static shapes (inductor fuses LayerNorm,
+  QuickGELU, the residual adds and the adapter's time-shifted sums, and its min-cut
   partitioner saves less for backward); if compilation fails the model runs eagerly,
   with one warning.
 The reference path is the public ST-Adapter code's: frozen weights in fp16, fp16 autocast
 with a GradScaler, depth-wise nn.Conv3d adapters, no compilation.
+The CPU always runs fp32: CPU bf16 is slow, and the tests pin fp32 results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
@@ -22,9 +24,31 @@ from torch import nn
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def configure_backends(device: torch.device) -> None:
+    """TF32 for the fp32 matmuls autocast leaves, and cuDNN autotuning (fixed clip shapes)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
 def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     """The autocast dtype: the recipe's precision on GPU, fp32 on CPU."""
     return DTYPES[precision] if device.type == "cuda" else torch.float32
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    dtype = compute_dtype(device, precision)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> Optional[torch.amp.GradScaler]:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    if compute_dtype(device, precision) == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 def place_model(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
