@@ -334,3 +334,57 @@ def write_result(result: dict, out: Optional[str | Path] = None) -> Path:
     out = Path(out)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# A finished (or running) training run, end to end
+
+
+def bench_run(run_dir: Path, skip: int = 1, model_result: Optional[Path] = None) -> dict:
+    """Steady-state training throughput of a `stadapt train` run, loader included.
+
+    The median clips/s of the logged windows after the first `skip` ones (compilation and
+    warm-up). With the JSON of `stadapt bench model` for the same recipe and batch, the
+    ratio says whether the data pipeline keeps up with the model.
+    """
+    import statistics
+
+    import yaml
+
+    from stadapt.recipe import recipe_from_dict
+
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        entries = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")),
+                                  source=str(run_dir / "recipe.yaml"))
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise StadaptError(f"{run_dir}: not a readable run directory ({exc})") from None
+    windows = [e["clips_per_s"] for e in entries if "clips_per_s" in e]
+    if len(windows) <= skip:
+        raise StadaptError(f"{metrics}: {len(windows)} logged windows, need more than --skip {skip}")
+    clips_per_s = statistics.median(windows[skip:])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {
+        "benchmark": "run",
+        "run_dir": str(run_dir),
+        "recipe": recipe.to_dict(),
+        "batch_size": recipe.train.batch_size,
+        "steps_logged": entries[-1].get("step"),
+        "windows_used": len(windows) - skip,
+        "clips_per_s": _round(clips_per_s),
+        "projected_gpu_hours_full_schedule": None,
+        "model_only_train_clips_s": None,
+        "end_to_end_vs_model_only": None,
+        "device": device.type,
+        "device_name": device_name(device),
+        "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__, "cuda": torch.version.cuda},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if model_result is not None:
+        model = json.loads(Path(model_result).read_text(encoding="utf-8"))
+        result["model_only_train_clips_s"] = model["train_clips_s"]
+        result["end_to_end_vs_model_only"] = ratio(clips_per_s, model["train_clips_s"])
+        full = copy.deepcopy(model["resolved_recipe"]["train"])
+        result["projected_gpu_hours_full_schedule"] = _round(full["steps"] * full["batch_size"] / clips_per_s / 3600)
+    return result

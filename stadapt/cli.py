@@ -166,6 +166,32 @@ def convert_official_command(
     console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
 
 
+@bench_app.command("run")
+def bench_run_command(
+    run_dir: Path = typer.Argument(..., help="a run directory of stadapt train"),
+    skip: int = typer.Option(1, "--skip", min=0, help="logged windows to leave out (compilation, warm-up)"),
+    model_result: Optional[Path] = typer.Option(None, "--model-result", help="JSON of stadapt bench model, same recipe and batch"),
+    json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/run-...json]"),
+) -> None:
+    """End-to-end training throughput of a run (loader included), against the model alone."""
+    from stadapt.bench import bench_run
+
+    result = bench_run(run_dir, skip, model_result)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or Path("benchmarks/results") / f"run-{run_dir.name}-{result['device']}-{stamp}.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if json_output:
+        print(json.dumps(result))
+        return
+    table = Table("metric", "value", title=f"training run {run_dir} on {result['device_name']}")
+    for key in ("clips_per_s", "windows_used", "model_only_train_clips_s", "end_to_end_vs_model_only",
+                "projected_gpu_hours_full_schedule"):
+        table.add_row(key, "-" if result[key] is None else str(result[key]))
+    console.print(table)
+    console.print(f"saved {out}", highlight=False)
+
+
 @bench_app.command("loader")
 def bench_loader_command(
     recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled name; data.root names the data."),
