@@ -71,14 +71,26 @@ def recipe_files(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("command", [["bench", "model"], ["bench", "loader"]])
+@pytest.mark.parametrize("command", [["train"], ["bench", "model"], ["bench", "loader"]])
 @pytest.mark.parametrize("case", CASES)
 def test_recipe_mistakes_are_one_line_and_exit_2(recipe_files, capsys, command, case):
     args, message = CASES[case]
     if "--recipe" not in args:
         args = ["--recipe", "demo", *args]
+    if command == ["train"]:  # `stadapt train RECIPE`: the recipe is an argument
+        at = args.index("--recipe")
+        args = [args[at + 1], *args[:at], *args[at + 2:], "--out", "run"]
     assert main([*command, *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: ") and message in err, err
     assert not (recipe_files / "pwned-by-yaml").exists() and not (recipe_files / "benchmarks").exists()
+    assert not (recipe_files / "run").exists() and not (recipe_files / "runs").exists()
+
+
+def test_python_m_stadapt_train_bad_kernel_is_one_line_and_exit_2(tmp_path):
+    done = run_stadapt("train", "demo", "--set", "model.adapter.kernel=[2,1,1]", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "model.adapter.kernel = [2, 1, 1] must be three odd positive sizes" in line
+    assert not (tmp_path / "run").exists()

@@ -108,7 +108,7 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
     columns = _csv_checked(lambda: reader.fieldnames, reader, path) or []
     for required in ("path", "label"):
         if required not in columns:
-            raise DataError(f"{path}: header lacks the column {required!r} (has: {', '.join(columns) or 'nothing'})")
+            raise DataError(f"{path}: header lacks the column {required!r} (has: {', '.join(map(repr, columns)) or 'nothing'})")
     head_names = list(heads) if heads else ["label"]
     for head in head_names:
         if head not in columns:

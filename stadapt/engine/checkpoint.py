@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: holds pickled objects other than tensors and numbers; "
-                              "refused without running them") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler stopped: nothing was run
+        if found := re.search(r"GLOBAL (\S+)", str(exc)):
+            raise CheckpointError(f"{path}: holds pickled objects other than tensors and numbers ({found[1]}); "
+                                  "refused without running them") from None
+        raise CheckpointError(f"{path}: not a checkpoint that can be read safely (damaged, or pickled by other "
+                              "code); refused without running it") from None
+    except Exception as exc:  # truncated, damaged, foreign: whatever torch raises (IndexError too), it is the file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

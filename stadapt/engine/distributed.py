@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from stadapt.errors import StadaptError
 
 DEFAULT_TIMEOUT_S = 1800
 
@@ -51,6 +54,24 @@ def setup() -> DistContext:
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return DistContext(rank, world_size, local_rank, device)
+
+
+class PeerLostError(StadaptError):
+    """A collective failed because another process died, hung past the timeout or lost the network."""
+
+    exit_code = 1
+
+
+def peer_failure(ctx: DistContext, exc: BaseException) -> bool:
+    """Whether `exc`, raised in a distributed run, is a collective that lost its peers: NCCL
+    raises DistError subclasses, gloo a RuntimeError naming itself (connection reset, timeout)."""
+    return ctx.distributed and (isinstance(exc, dist.DistError) or "gloo" in str(exc))
+
+
+def reason(exc: BaseException) -> str:
+    """The backend's message without its source location: 'Connection reset by peer', 'Timed out ...'."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", text)[:200]
 
 
 def teardown(ctx: DistContext) -> None:

@@ -427,7 +427,15 @@ def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = N
         checkpoint = load_checkpoint(checkpoint_path) if resuming else None
         hint = shlex.join(["stadapt", "train", recipe_arg, *[a for s in overrides for a in ("--set", s)],
                            "--out", str(run_dir), "--resume"])
-        return Trainer(recipe, run_dir, ctx, checkpoint, hint, console).run()
+        try:
+            return Trainer(recipe, run_dir, ctx, checkpoint, hint, console).run()
+        except RuntimeError as exc:
+            if not distributed.peer_failure(ctx, exc):
+                raise
+            saved = run_dir / CHECKPOINT_FILE
+            where = f"resume from {saved} with: {hint}" if saved.exists() else "no checkpoint was saved yet"
+            raise distributed.PeerLostError(f"lost contact with another training process ({distributed.reason(exc)}); "
+                                            f"it died or hangs, see its log; {where}") from None
     finally:
         if lock is not None:
             lock.release()
