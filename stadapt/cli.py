@@ -202,6 +202,61 @@ def bench_loader_command(
     console.print(f"saved {out}")
 
 
+@app.command("train")
+def train_command(
+    recipe: str = typer.Argument(..., help="A recipe file or the name of a bundled recipe (stadapt recipes)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.lr=1e-4 (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<recipe>-<date>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
+) -> None:
+    """Train a video classifier; under torchrun on several GPUs or nodes."""
+    from stadapt.engine.train import train
+
+    result = train(recipe, set_, out, resume, console=console)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: str = typer.Argument(..., help="A run directory (or its adapter.safetensors)."),
+    split: str = typer.Option("val", "--split", help="The split of the run's data.root to score."),
+    set_: list[str] = typer.Option([], "--set", help="Override data.* keys: --set data.test_views.temporal=3."),
+) -> None:
+    """Score a trained run: multi-view top-1/top-5, mean class accuracy, confusion matrix."""
+    from pathlib import Path
+
+    from stadapt.engine.evaluate import report_table, run_eval
+
+    report = run_eval(Path(run_dir), split, set_)
+    if report is not None:
+        console.print(report_table(report, f"{run_dir}: {split}"))
+        console.print(f"wrote {Path(run_dir) / f'eval-{split}.json'} and confusion-{split}.csv/.png", highlight=False)
+
+
+@app.command("predict")
+def predict_command(
+    videos: list[str] = typer.Argument(..., help="Video files or directories of videos."),
+    model: Optional[str] = typer.Option(None, "--model", help="A run directory (default runs/latest)."),
+    top_k: int = typer.Option(5, "--top-k", help="How many classes to list per video."),
+    views: Optional[str] = typer.Option(None, "--views", help="Test views TEMPORALxSPATIAL (default: the run's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
+) -> None:
+    """Classify videos with a trained run; exit code 1 only when no video could be read."""
+    import json
+
+    from stadapt.engine.predict import predict, predictions_table, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    results = predict(videos, model_dir, top_k, views)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        console.print(predictions_table(results, model_dir))
+    if not any("predictions" in entry for entry in results):
+        raise typer.Exit(1)
+
+
 @app.callback()
 def _root() -> None:
     """Adapt frozen image ViTs to video with Spatio-Temporal Adapters."""

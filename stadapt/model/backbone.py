@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
+import torch
 from torch import nn
 
 from stadapt.errors import CheckpointError, RecipeError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+RANDOM_WEIGHTS_SEED = 0
 TINY_BACKBONE = "stadapt-tiny-vit"  # ships with the package: demo and tests, no download
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -43,7 +45,11 @@ def load_backbone(name: str, pretrained: str) -> Backbone:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*QuickGELU.*")
         try:
-            model = open_clip.create_model(name, pretrained=source, weights_only=True)
+            # Random weights (pretrained none) must be the same in every process that rebuilds
+            # the backbone: the trainer, `eval`, `predict` and each DDP rank.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = open_clip.create_model(name, pretrained=source, weights_only=True)
         except Exception as exc:  # the file or download is user input: any failure is theirs to fix
             what = f"checkpoint {pretrained}" if source and Path(source).is_file() else f"pretrained tag {pretrained!r}"
             if isinstance(exc, pickle.UnpicklingError):

@@ -1,0 +1,223 @@
+"""Multi-view evaluation: per-video class probabilities, accuracy, and the reports of a run.
+
+Each test item holds V views of one video (temporal-major); the model scores all V and the
+softmax probabilities are averaged over them. Under torchrun every rank scores its share
+and the per-video rows are gathered and de-duplicated by index (DistributedSampler pads the
+last share with repeats), so the numbers equal those of one process. Videos that could not
+be read are left out of the accuracy and listed under `unreadable`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+from sklearn.metrics import confusion_matrix
+from torch import nn
+from torch.utils.data import Dataset
+
+from stadapt.data.dataset import build_dataset
+from stadapt.data.transforms import normalize
+from stadapt.engine import distributed
+from stadapt.engine.distributed import DistContext
+from stadapt.engine.metrics import score
+from stadapt.engine.plots import write_confusion
+from stadapt.engine.precision import autocast, configure_backends
+from stadapt.engine.stream import eval_loader
+from stadapt.errors import DataError, RecipeError
+from stadapt.fileio import atomic_write_text
+from stadapt.recipe import Recipe, apply_override, head_sizes, recipe_from_dict
+
+
+@dataclass
+class Predictions:
+    """One row per video of the split, ordered by dataset index."""
+
+    indices: torch.Tensor  # N
+    probs: dict[str, torch.Tensor]  # head -> N×C, averaged over views
+    labels: dict[str, torch.Tensor]  # head -> N
+    ok: torch.Tensor  # N bool: False where the video could not be read
+
+
+def micro_batch_size(recipe: Recipe, world_size: int) -> int:
+    """Clips per device per forward pass: train.device_batch_size, else the global batch shared out."""
+    return recipe.train.device_batch_size or max(1, recipe.train.batch_size // world_size)
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext) -> Predictions:
+    """Score every video of `dataset` (all ranks take part; every rank gets the full result)."""
+    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    videos_per_batch = max(1, 2 * micro_batch_size(recipe, ctx.world_size) // views)  # no activations kept
+    pin = ctx.device.type == "cuda"
+    loader = eval_loader(dataset, ctx, videos_per_batch, min(recipe.train.workers, 4), pin)
+    sizes = head_sizes(recipe.model)
+    heads = list(sizes)
+    was_training = model.training
+    model.eval()
+    indices, oks, labels, probs = [], [], {h: [] for h in heads}, {h: [] for h in heads}
+    for batch in loader:
+        clips = batch["clip"].to(ctx.device, non_blocking=True)
+        n, v = clips.shape[:2]
+        x = normalize(clips.flatten(0, 1), model.image_mean, model.image_std)
+        with autocast(ctx.device, recipe.train.precision):
+            out = model(x)
+        out = out if isinstance(out, dict) else {heads[0]: out}
+        for head in heads:
+            probs[head].append(F.softmax(out[head].float(), dim=-1).view(n, v, -1).mean(dim=1).cpu())
+            label = batch["label"][head] if isinstance(batch["label"], dict) else batch["label"]
+            labels[head].append(label.long())
+        indices.append(batch["index"].long())
+        oks.append(batch["ok"].bool())
+    model.train(was_training)
+    local = Predictions(_cat(indices, torch.long), {h: _cat(p, torch.float32, sizes[h]) for h, p in probs.items()},
+                        {h: _cat(lab, torch.long) for h, lab in labels.items()}, _cat(oks, torch.bool))
+    return _gather(ctx, local)
+
+
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype, width: Optional[int] = None) -> torch.Tensor:
+    if parts:
+        return torch.cat(parts)
+    return torch.empty((0,) if width is None else (0, width), dtype=dtype)
+
+
+def _gather(ctx: DistContext, local: Predictions) -> Predictions:
+    """All ranks' rows, one per dataset index (padding repeats dropped), in index order."""
+    indices = distributed.all_gather_rows(ctx, local.indices)
+    ok = distributed.all_gather_rows(ctx, local.ok.to(torch.uint8)).bool()
+    probs = {h: distributed.all_gather_rows(ctx, p) for h, p in local.probs.items()}
+    labels = {h: distributed.all_gather_rows(ctx, lab) for h, lab in local.labels.items()}
+    order = torch.argsort(indices, stable=True)
+    sorted_indices = indices[order]
+    first = torch.ones_like(sorted_indices, dtype=torch.bool)
+    first[1:] = sorted_indices[1:] != sorted_indices[:-1]
+    keep = order[first]
+    return Predictions(indices[keep], {h: p[keep] for h, p in probs.items()},
+                       {h: lab[keep] for h, lab in labels.items()}, ok[keep])
+
+
+def video_name(dataset: Dataset, index: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index].path) if samples is not None else f"#{index}"
+
+
+def summarize(preds: Predictions, dataset: Dataset, recipe: Recipe, split: str) -> dict[str, Any]:
+    """The eval-<split>.json object: accuracy over the readable videos, and what was unreadable."""
+    ok = preds.ok
+    result = score({h: p[ok] for h, p in preds.probs.items()}, {h: lab[ok] for h, lab in preds.labels.items()})
+    bad = preds.indices[~ok].tolist()
+    return {
+        "split": split,
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "mean_class_acc": result["mean_class_acc"],
+        **({"heads": result["heads"]} if "heads" in result else {}),
+        "num_videos": int(ok.sum()),
+        "views": {"temporal": recipe.data.test_views.temporal, "spatial": recipe.data.test_views.spatial},
+        "num_frames": recipe.data.num_frames,
+        "unreadable": {"count": len(bad), "names": [video_name(dataset, i) for i in bad]},
+    }
+
+
+def write_reports(run_dir: Path, split: str, report: dict[str, Any], preds: Predictions,
+                  class_names: dict[str, list[str]]) -> list[Path]:
+    """eval-<split>.json and a confusion matrix per head (CSV and PNG); returns the files written."""
+    path = run_dir / f"eval-{split}.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    written = [path]
+    for head, probs in preds.probs.items():
+        names = class_names[head]
+        ok = preds.ok
+        matrix = confusion_matrix(preds.labels[head][ok].numpy(), probs[ok].argmax(dim=1).numpy(),
+                                  labels=np.arange(len(names)))
+        suffix = split if len(preds.probs) == 1 else f"{split}-{head}"
+        csv_path, png_path = run_dir / f"confusion-{suffix}.csv", run_dir / f"confusion-{suffix}.png"
+        title = f"{run_dir.name}: {split}" + ("" if len(preds.probs) == 1 else f", {head}")
+        write_confusion(matrix, names, csv_path, png_path, title)
+        written += [csv_path, png_path]
+    return written
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext, split: str,
+                   run_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Score a split; with `run_dir`, rank 0 also writes the reports there."""
+    preds = predict_split(model, dataset, recipe, ctx)
+    report = summarize(preds, dataset, recipe, split)
+    if run_dir is not None and ctx.is_main:
+        write_reports(run_dir, split, report, preds, dataset.class_names)
+    return report
+
+
+def override_data(recipe: Recipe, overrides: Iterable[str]) -> Recipe:
+    """Apply `data.*` overrides to a trained run's recipe (views, frames); nothing that needs retraining."""
+    overrides = list(overrides)
+    for item in overrides:
+        if not item.strip().startswith("data."):
+            raise RecipeError(f"--set {item!r}: eval may change data.* only (the model is trained as it is)")
+    raw = recipe.to_dict()
+    for item in overrides:
+        apply_override(raw, item)
+    return recipe_from_dict(raw, source="--set")
+
+
+def check_input_size(model: nn.Module, recipe: Recipe) -> None:
+    """The backbone's position embeddings fix the crop size: a mismatch is a recipe error, not a crash."""
+    size = getattr(model.visual, "image_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    if size is not None and recipe.data.crop != size:
+        raise RecipeError(f"data.crop = {recipe.data.crop}, but {recipe.model.backbone} takes {size}×{size} "
+                          f"frames (set data.crop={size})")
+
+
+def check_classes(dataset: Dataset, trained: dict[str, list[str]], where: str) -> None:
+    for head, names in trained.items():
+        found = dataset.class_names.get(head)
+        if found is not None and list(found) != list(names):
+            raise DataError(f"{where}: the classes of the {head!r} head differ from those the model was "
+                            f"trained on ({len(found)} vs {len(names)} names)")
+
+
+def run_eval(run_dir: Path, split: str = "val", overrides: Iterable[str] = ()) -> Optional[dict[str, Any]]:
+    """`stadapt eval`: score a trained run on a split, write its reports; the report on rank 0."""
+    from stadapt.model.artifact import load_model
+
+    ctx = distributed.setup()
+    try:
+        configure_backends(ctx.device)
+        model = load_model(run_dir, map_location=ctx.device)
+        recipe = override_data(model.recipe, overrides)
+        check_input_size(model, recipe)
+        dataset = build_dataset(recipe, split, train=False)
+        check_classes(dataset, model.class_names, f"{recipe.data.root} ({split})")
+        report = evaluate_model(model, dataset, recipe, ctx, split, run_dir=Path(run_dir))
+        distributed.barrier(ctx)
+        return report if ctx.is_main else None
+    finally:
+        distributed.teardown(ctx)
+
+
+def report_table(report: dict[str, Any], title: str) -> Table:
+    """The numbers of an eval report as a rich table (percentages)."""
+    table = Table("metric", "value", title=title, title_justify="left")
+    if "heads" in report:
+        for head, numbers in report["heads"].items():
+            table.add_row(f"{head} top-1", f"{100 * numbers['top1']:.2f}%")
+            table.add_row(f"{head} top-5", f"{100 * numbers['top5']:.2f}%")
+        prefix = "action "
+    else:
+        prefix = ""
+    table.add_row(f"{prefix}top-1", f"{100 * report['top1']:.2f}%")
+    table.add_row(f"{prefix}top-5", f"{100 * report['top5']:.2f}%")
+    table.add_row(f"{prefix}mean class accuracy", f"{100 * report['mean_class_acc']:.2f}%")
+    views = report["views"]
+    table.add_row("videos", f"{report['num_videos']} ({views['temporal']}×{views['spatial']} views of "
+                            f"{report['num_frames']} frames)")
+    if report["unreadable"]["count"]:
+        table.add_row("unreadable", str(report["unreadable"]["count"]))
+    return table

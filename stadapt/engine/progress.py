@@ -1,0 +1,76 @@
+"""What a user watches while training: a rich progress bar on a terminal, plain lines otherwise.
+
+Logs, CI and `sbatch` output files are not terminals; there a line per log step is
+readable where a redrawn bar would be noise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class TrainProgress:
+    """Step counter with loss, top-1, learning rate, clips/s and ETA (rank 0 only)."""
+
+    def __init__(self, total_steps: int, start_step: int, enabled: bool = True,
+                 console: Optional[Console] = None) -> None:
+        self.total = total_steps
+        self.enabled = enabled
+        self.console = console or Console()
+        self.live = enabled and self.console.is_terminal
+        self._bar: Optional[Progress] = None
+        self._task = None
+        self._started = time.monotonic()
+        self._start_step = start_step
+        if self.live:
+            self._bar = Progress(
+                TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
+                TextColumn("{task.fields[stats]}"), console=self.console, transient=False)
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, stats="")
+            self._bar.start()
+
+    def eta(self, step: int) -> float:
+        done = step - self._start_step
+        if done <= 0:
+            return 0.0
+        return (time.monotonic() - self._started) / done * (self.total - step)
+
+    def advance(self, step: int, stats: Optional[dict[str, float]] = None) -> None:
+        """Move to `step`; with `stats` (a log step) also show loss, top-1, lr and speed."""
+        if not self.enabled:
+            return
+        text = None
+        if stats is not None:
+            text = (f"loss {stats['loss']:.4f}  top-1 {100 * stats['top1']:5.1f}%  lr {stats['lr']:.2e}  "
+                    f"{stats['clips_per_s']:.1f} clips/s  ETA {format_duration(self.eta(step))}")
+        if self._bar is not None:
+            fields = {"stats": text} if text is not None else {}
+            self._bar.update(self._task, completed=step, **fields)
+        elif text is not None:
+            print(f"step {step}/{self.total}  {text}", flush=True)
+
+    def note(self, message: str) -> None:
+        """A line that stays (an evaluation, a skipped step), printed above a live bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(message, highlight=False)
+        else:
+            print(message, flush=True)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

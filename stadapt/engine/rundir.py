@@ -1,0 +1,179 @@
+"""The run directory: its name, its lock, `runs/latest`, `recipe.yaml` and `metrics.jsonl`.
+
+Layout (design.md): recipe.yaml, metrics.jsonl, checkpoints/last.pt, adapter.safetensors,
+eval-<split>.json, confusion-<split>.csv/.png, curves.png. Only rank 0 touches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
+
+from stadapt.errors import RecipeError, StadaptError
+from stadapt.fileio import atomic_write_text
+from stadapt.recipe import Recipe, recipe_from_dict
+
+RUNS_DIR = Path("runs")
+LATEST = RUNS_DIR / "latest"
+LOCK_FILE = ".lock"
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+# Keys a resumed run may change: how often it reports, how it loads, and how long it goes on.
+RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.save_every", "train.log_every", "train.workers"}
+
+
+class RunLockedError(StadaptError):
+    """Another `stadapt train` is writing to this run directory."""
+
+
+def default_run_dir(recipe_path: Path) -> Path:
+    return RUNS_DIR / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunLock:
+    """An exclusive lock file holding `host pid`, so two trainings never share a run directory.
+
+    A lock left by a process that no longer exists on this host is taken over; one from
+    another host cannot be checked and is reported instead.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunLockedError(f"{self.path.parent} is in use by another training ({self._owner()}); "
+                                     f"choose another --out, or delete {self.path} if that process is gone") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self.held = True
+            return
+        raise RunLockedError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _owner(self) -> str:
+        try:
+            host, pid = self.path.read_text().split()
+            return f"PID {pid} on {host}"
+        except (OSError, ValueError):
+            return "unknown owner"
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+            pid_number = int(pid)
+        except (OSError, ValueError):
+            return False
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(pid_number, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make `runs/latest` a symlink to `run_dir` (relative inside runs/), replacing it atomically."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir.absolute()
+    runs = RUNS_DIR.absolute()
+    target = run_dir.relative_to(runs) if run_dir.is_relative_to(runs) else run_dir
+    tmp = RUNS_DIR / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, LATEST)
+
+
+def write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
+
+
+def check_resumable(run_dir: Path, recipe: Recipe) -> None:
+    """A resumed run must train what it started training; only RESUMABLE_CHANGES may differ."""
+    path = run_dir / RECIPE_FILE
+    try:
+        saved = recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)).to_dict()
+    except FileNotFoundError:
+        return
+    differences = [key for key in _diff(saved, recipe.to_dict()) if key not in RESUMABLE_CHANGES]
+    if differences:
+        key = differences[0]
+        raise RecipeError(f"--resume: {key} differs from {path} ({_get(saved, key)!r} there, "
+                          f"{_get(recipe.to_dict(), key)!r} now); resuming would mix two recipes")
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            yield from _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            yield f"{prefix}{key}"
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl`: one JSON object per line, flushed as it is written."""
+
+    def __init__(self, run_dir: Path, resume_step: Optional[int] = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines logged after the checkpoint: the resumed run logs those steps again."""
+        kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(line) + "\n" for line in kept))
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The entries of a metrics.jsonl; a torn last line (a killed process) is ignored."""
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries

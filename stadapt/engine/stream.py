@@ -1,0 +1,93 @@
+"""Data for training as an endless, resumable stream of micro-batches; data for evaluation.
+
+Training is counted in steps, not epochs, so the stream runs epoch after epoch: each epoch
+is a DistributedSampler permutation (seeded by train.seed and the epoch, the same for any
+number of ranks) sharded over the ranks and cut into micro-batches, the last partial one
+dropped. Every key is (epoch, index), so a DataLoader worker sets the dataset's epoch
+itself and augmentations stay a function of (seed, epoch, index) with persistent workers.
+Resuming at (epoch, samples consumed in that epoch) reproduces the stream exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from stadapt.engine.distributed import DistContext
+from stadapt.errors import DataError
+
+
+class EpochView(Dataset):
+    """The dataset indexed by (epoch, index); items also say which epoch they belong to."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._epoch: Optional[int] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        if epoch != self._epoch:
+            self.dataset.set_epoch(epoch)
+            self._epoch = epoch
+        return {**self.dataset[index], "epoch": epoch}
+
+
+class StepStream:
+    """Endless micro-batches of (epoch, index) keys for this rank, starting at a data position."""
+
+    def __init__(self, num_samples: int, micro_batch: int, ctx: DistContext, seed: int,
+                 epoch: int = 0, samples_in_epoch: int = 0) -> None:
+        self.num_samples = num_samples
+        self.micro_batch = micro_batch
+        self.ctx = ctx
+        self.seed = seed
+        self.epoch = epoch
+        self.skip = samples_in_epoch // ctx.world_size
+        if self.batches_per_epoch == 0:
+            raise DataError(f"the training split has {num_samples} videos, fewer than one micro-batch of "
+                            f"{micro_batch} per process × {ctx.world_size} processes")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.num_samples / self.ctx.world_size) // self.micro_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        sampler = DistributedSampler(range(self.num_samples), num_replicas=self.ctx.world_size,
+                                     rank=self.ctx.rank, shuffle=True, seed=self.seed, drop_last=False)
+        epoch, skip = self.epoch, self.skip
+        while True:
+            sampler.set_epoch(epoch)
+            order = list(sampler)[skip:]
+            for start in range(0, len(order) - self.micro_batch + 1, self.micro_batch):
+                yield [(epoch, index) for index in order[start:start + self.micro_batch]]
+            epoch, skip = epoch + 1, 0
+
+
+def _quiet_worker(_: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process, which stops at the end of a step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(dataset: Dataset, stream: StepStream, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        EpochView(dataset), batch_sampler=stream, num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_quiet_worker,
+        generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout)
+    )
+
+
+def eval_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    """Each rank a strided share of the split; DistributedSampler pads it with repeats."""
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False,
+                                 drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, worker_init_fn=_quiet_worker, generator=torch.Generator())
