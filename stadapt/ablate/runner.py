@@ -3,11 +3,11 @@
 Each variant is a child process (`python -m stadapt train RECIPE --set ... --out DIR
 --resume`), so a crash or an out-of-memory in one variant leaves the others running, GPU
 memory is returned between variants, and placement is only `CUDA_VISIBLE_DEVICES`. The
-run directories carry all state: a variant with `eval-val.json` is finished and is not run
-again; any other is started with `--resume`, which continues from its checkpoint (or starts
-afresh when there is none). Children run in their own session, so a Ctrl-C reaches only
-this process, which passes it on once; the children save a checkpoint and stop, and the
-same command later continues where they were.
+run directories carry all state: a variant with `eval-val.json` and `adapter.safetensors`
+is finished and is not run again; any other is started with `--resume`, which continues
+from its checkpoint (or starts afresh when there is none). Children run in their own
+session, so a Ctrl-C reaches only this process, which passes it on once; the children save
+a checkpoint and stop, and the same command later continues where they were.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ LOG_FILE = "train.log"
 TIME_FILE = "ablate.json"  # wall-clock seconds and attempts of this variant's training processes
 # Keys that do not change what a variant trains: a finished one is reused when only these differ.
 COSMETIC_KEYS = frozenset({"train.eval_every", "train.save_every", "train.log_every", "train.workers"})
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-                "TORCHELASTIC_RUN_ID")
 
 
 class AblationIncomplete(StadaptError):
@@ -56,7 +54,6 @@ class VariantRun:
     run_dir: Path
     recipe: Recipe
     status: str = "pending"  # pending | reused | trained | failed | interrupted
-    exit_code: Optional[int] = None
 
     @property
     def finished(self) -> bool:
@@ -112,9 +109,12 @@ def check_same_recipe(run: VariantRun) -> None:
     if not path.is_file():
         return
     try:
-        saved = _flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except (OSError, yaml.YAMLError) as exc:
-        raise AblationError(f"{path}: cannot read the variant's recipe ({exc}); remove {run.run_dir} to retrain it")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise AblationError(f"{path} is not a readable recipe: remove {run.run_dir} to retrain that variant")
+    saved = _flatten(raw)
     wanted = _flatten(run.recipe.to_dict())
     for key in sorted(set(saved) | set(wanted)):
         if key not in COSMETIC_KEYS and saved.get(key) != wanted.get(key):
@@ -153,7 +153,7 @@ def train_command(ablation: Ablation, run: VariantRun) -> list[str]:
 
 
 def child_env(slot: Optional[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     return env
@@ -280,7 +280,6 @@ def run_ablation(ablation: Ablation, say: Callable[[str], None]) -> Ablation:
     def on_end(job: Job, code: int, seconds: float) -> None:
         run = by_name[job.name]
         record_time(run.run_dir, seconds)
-        run.exit_code = code
         label = f"[{position[job.name]}/{len(ablation.runs)}] {job.name}"
         if code == 0 and run.finished:
             run.status = "trained"
