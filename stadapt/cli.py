@@ -104,10 +104,12 @@ def bench_model_command(
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
     import json
 
-    from stadapt.bench import bench_model, write_result
     from stadapt.recipe import load_recipe
 
-    result = bench_model(load_recipe(recipe, overrides), recipe, impl=impl, device=device,
+    loaded = load_recipe(recipe, overrides)  # a bad recipe fails before torch is imported
+    from stadapt.bench import bench_model, write_result
+
+    result = bench_model(loaded, recipe, impl=impl, device=device,
                          batch_size=batch_size, steps=steps, warmup=warmup)
     path = write_result(result, out)
     if json_output:
@@ -224,8 +226,6 @@ def eval_command(
     set_: list[str] = typer.Option([], "--set", help="Override data.* keys: --set data.test_views.temporal=3."),
 ) -> None:
     """Score a trained run: multi-view top-1/top-5, mean class accuracy, confusion matrix."""
-    from pathlib import Path
-
     from stadapt.engine.evaluate import report_table, run_eval
 
     report = run_eval(Path(run_dir), split, set_)
@@ -243,8 +243,6 @@ def predict_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
 ) -> None:
     """Classify videos with a trained run; exit code 1 only when no video could be read."""
-    import json
-
     from stadapt.engine.predict import predict, predictions_table, resolve_model_dir
 
     model_dir = resolve_model_dir(model)

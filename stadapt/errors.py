@@ -17,3 +17,17 @@ class DataError(StadaptError):
 
 class CheckpointError(StadaptError):
     """A checkpoint or adapter file that is missing, truncated, foreign or unsafe."""
+
+
+class DiskFullError(StadaptError):
+    """A write failed for want of space; the file it was replacing is untouched."""
+
+
+class BusyError(StadaptError):
+    """Another process is writing the same output directory."""
+
+
+def not_utf8(path: object, exc: UnicodeDecodeError) -> DataError:
+    """`path:LINE: not UTF-8 ...` for a text file that failed to decode, the line counted from the bytes."""
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})")

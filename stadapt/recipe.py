@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,7 +130,9 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     """Read a recipe file, apply `key=value` overrides, validate, return a `Recipe`."""
     path = resolve_recipe_path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader) or {}
+    except RecursionError:
+        raise RecipeError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -144,6 +147,24 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     return recipe_from_dict(raw, source=str(path))
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """safe_load (plain data only, no Python objects) that also refuses a key given twice in
+    one mapping, where PyYAML would silently keep the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def apply_override(raw: dict, item: str) -> None:
     """`a.b.c=value`: the value is parsed as YAML (`3`, `1e-4`, `[3,1,1]`, `none`)."""
     key, sep, text = item.partition("=")
@@ -151,7 +172,7 @@ def apply_override(raw: dict, item: str) -> None:
         raise RecipeError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text
     node = raw
     parts = key.strip().split(".")
@@ -232,14 +253,19 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             return int(value)
         raise RecipeError(f"{source}: {key} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise RecipeError(f"{source}: {key} must be a number, got {value!r}")
+        if number is None:
+            raise RecipeError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise RecipeError(f"{source}: {key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -3,12 +3,19 @@
 decord seeks and decodes only up to the frames asked for; PyAV decodes from the start, which
 is slower but reads files that decord rejects (odd containers, broken indexes). Any failure
 of both becomes one `VideoReadError` line naming the file, which the dataset can skip.
+
+Frames come out upright: a phone video's rotation (its display matrix) is applied, as decord
+does on its own and as players do; the PyAV path and the frame store rotate alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
 import decord
@@ -30,7 +37,8 @@ def read_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
         raise ValueError(f"frame indices must be non-negative and not empty, got {list(indices)}")
     _check_file(path)
     try:
-        return _read_decord(path, wanted)
+        with _quiet_stderr():
+            return _read_decord(path, wanted)
     except Exception as exc:  # decord raises its own error types and sometimes plain ones
         first = _reason(exc, path)
     try:
@@ -43,7 +51,8 @@ def count_frames(path: Path) -> int:
     """The number of decodable frames (decord's index; PyAV counts by decoding when that fails)."""
     _check_file(path)
     try:
-        n = len(decord.VideoReader(str(path), num_threads=1))
+        with _quiet_stderr():
+            n = len(decord.VideoReader(str(path), num_threads=1))
         if n > 0:
             return n
         first = "no frames"
@@ -92,14 +101,50 @@ def _read_pyav(path: Path, wanted: np.ndarray) -> np.ndarray:
         for i, frame in enumerate(container.decode(stream)):
             last_index, last_frame = i, frame
             if i in needed:
-                got[i] = frame.to_ndarray(format="rgb24")
+                got[i] = upright_rgb(frame)
             if i >= last_needed:
                 break
     if last_frame is None:
         raise ValueError("no video frames")
     if last_index not in got:
-        got[last_index] = last_frame.to_ndarray(format="rgb24")
+        got[last_index] = upright_rgb(last_frame)
     return np.stack([got[min(int(i), last_index)] for i in wanted])
+
+
+def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """H×W×3 RGB of a decoded frame turned by its display rotation (counter-clockwise degrees)."""
+    return upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """`image` (H×W×C) turned counter-clockwise by `rotation` degrees (a multiple of 90)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while decord works: it logs "ERROR opening ..." from C++ for
+    every file it rejects, past its logging level, and the caller reports the failure in one
+    line of its own. Only in the main thread of a process (DataLoader workers are processes),
+    so that no other thread's output is lost meanwhile."""
+    if threading.current_thread() is not threading.main_thread() or threading.active_count() > 1:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _reason(exc: BaseException, path: Path) -> str:

@@ -39,7 +39,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str 
         elif codec == "libvpx-vp9":
             options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b:v": "0"}
         elif codec == "mpeg4":
-            options = {"qscale": "3"}
+            # Constant quality 3 (in lambda units, FF_QP2LAMBDA = 118); a bare "qscale" option is
+            # ignored and the default 200 kb/s rate control blurs every frame after the first dozen.
+            options = {"flags": "+qscale", "global_quality": str(3 * 118)}
         if gop is not None:
             stream.codec_context.gop_size = gop
         stream.options = options

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from stadapt.errors import DataError
+from stadapt.errors import DataError, not_utf8
 from stadapt.fileio import atomic_write_text
 
 SPLITS = ("train", "val")
@@ -66,7 +66,7 @@ def read_classes(root: Path, head: str = "label") -> list[str]:
     except FileNotFoundError:
         raise DataError(f"{path}: missing (run `stadapt prepare` first)") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise not_utf8(path, exc) from None
     names = [n for n in names if n.strip()]
     if not names:
         raise DataError(f"{path}: no class names")
@@ -80,9 +80,14 @@ def manifest_text(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
             raise ValueError(f"manifest columns must include {required!r}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    # The csv module quotes a field holding "\n" but not one holding a lone "\r" (a legal file
+    # name character), which a reader takes for a line end: quote every field of such a row.
+    quoted = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n",
+                            quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+        values = {k: ("" if row.get(k) is None else row.get(k)) for k in columns}
+        (quoted if any("\r" in str(v) for v in values.values()) else writer).writerow(values)
     return buf.getvalue()
 
 
@@ -94,13 +99,13 @@ def write_manifest(path: Path, rows: Iterable[dict[str, Any]], columns: list[str
 def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = None) -> list[Sample]:
     """Parse a manifest; a malformed row is one DataError naming the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # not read_text: a "\r" inside a quoted path must stay
     except FileNotFoundError:
         raise DataError(f"{path}: missing (run `stadapt prepare` first)") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
+        raise not_utf8(path, exc) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = _csv_checked(lambda: reader.fieldnames, reader, path) or []
     for required in ("path", "label"):
         if required not in columns:
             raise DataError(f"{path}: header lacks the column {required!r} (has: {', '.join(columns) or 'nothing'})")
@@ -109,7 +114,7 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
         if head not in columns:
             raise DataError(f"{path}: no column {head!r} for the classifier head of that name")
     samples = []
-    for row in reader:
+    while (row := _csv_checked(lambda: next(reader, None), reader, path)) is not None:
         line = reader.line_num
         if None in row or any(v is None for v in row.values()):
             raise DataError(f"{path}:{line}: expected {len(columns)} fields")
@@ -137,6 +142,13 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
         known = {"path", "label", "fps", *OPTIONAL_INT_COLUMNS, *head_names}
         samples.append(Sample(video, labels, fps=fps, extra={k: v for k, v in row.items() if k not in known}, **ints))
     return samples
+
+
+def _csv_checked(read: Any, reader: csv.DictReader, path: Path) -> Any:
+    try:
+        return read()
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from None  # the line failing is not counted yet
 
 
 @dataclass

@@ -26,10 +26,11 @@ from stadapt.data.indexers import INDEXERS, Candidate, Index, IndexOptions
 from stadapt.data.indexers.folder import index_files
 from stadapt.data.manifest import SPLITS, PreparedDataset, classes_file, classes_text, manifest_text, report_text
 from stadapt.data.probe import CACHE_NAME, ProbeCache, UnreadableVideo, VideoInfo, probe_many
-from stadapt.errors import DataError
-from stadapt.fileio import atomic_write_text, atomic_write_texts
+from stadapt.errors import BusyError, DataError
+from stadapt.fileio import FileLock, atomic_write_text, atomic_write_texts
 
 DATASETS = (*INDEXERS, "synthetic")
+LOCK_NAME = ".prepare.lock"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
         raise DataError(f"unknown dataset {options.dataset!r} (choose one of: {', '.join(DATASETS)})")
     out = options.out or Path("data") / options.dataset
     started = time.monotonic()
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(), _output_lock(out):
         index = _index(options, console)
         _refuse_to_overwrite_inputs(index, out)
         indexed = time.monotonic()
@@ -214,6 +215,27 @@ def _decode(out: Path, workers: int, console: Optional[Console]) -> dict:
     samples = [s for split in SPLITS for s in dataset.samples(split)]
     with _progress(console, "decoding into the store", len({s.path for s in samples})) as advance:
         return write_store(out, samples, workers=workers, on_video=lambda _: advance())
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """Hold `out/.prepare.lock` for the whole run: a second `stadapt prepare` into the same
+    directory stops at once with one line instead of interleaving its files with ours. The
+    lock dies with its process, so one left by a killed run is taken over."""
+    created = not out.exists()
+    if not created and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a directory")
+    lock = FileLock(out / LOCK_NAME)
+    if not lock.acquire():
+        raise BusyError(f"--out {out} is being written by another `stadapt prepare` ({lock.owner()}); "
+                        "wait for it to finish, or choose another --out")
+    try:
+        yield
+    finally:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):  # only when empty: a failed first run leaves no folder
+                out.rmdir()
 
 
 @contextlib.contextmanager

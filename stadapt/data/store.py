@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from stadapt.data.decode import VideoReadError
+from stadapt.data.decode import VideoReadError, upright
 from stadapt.data.manifest import Sample
 from stadapt.errors import DataError
 from stadapt.fileio import atomic_path, atomic_write_text
@@ -129,7 +129,8 @@ def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] |
                     if size is None:
                         size = _scaled_size(frame.width, frame.height, short_side)
                     rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
-                    jpeg = encode_jpeg(torch.from_numpy(rgb.to_ndarray()).permute(2, 0, 1), quality=JPEG_QUALITY)
+                    image = upright(rgb.to_ndarray(), frame.rotation)  # as the decoder gives it
+                    jpeg = encode_jpeg(torch.from_numpy(image).permute(2, 0, 1), quality=JPEG_QUALITY)
                     fh.write(jpeg.numpy().tobytes())
                     offsets.append(offsets[-1] + jpeg.numel())
                 if size is None:
@@ -137,7 +138,7 @@ def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] |
                 rate = stream.average_rate or stream.guessed_rate
                 header = {"format": FORMAT, "source": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                           "num_frames": len(offsets) - 1, "fps": float(rate) if rate else None,
-                          "width": size[0], "height": size[1], "short_side": short_side}
+                          "width": image.shape[1], "height": image.shape[0], "short_side": short_side}
                 blob = json.dumps(header).encode("utf-8")
                 fh.write(np.asarray(offsets, dtype="<u8").tobytes())
                 fh.write(blob)

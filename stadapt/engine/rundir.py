@@ -8,97 +8,36 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import yaml
 
-from stadapt.errors import RecipeError, StadaptError
-from stadapt.fileio import atomic_write_text
+from stadapt.errors import BusyError, RecipeError
+from stadapt.fileio import FileLock, atomic_write_text
 from stadapt.recipe import Recipe, recipe_from_dict
 
 RUNS_DIR = Path("runs")
 LATEST = RUNS_DIR / "latest"
-LOCK_FILE = ".lock"
+LOCK_FILE = ".train.lock"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 # Keys a resumed run may change: how often it reports, how it loads, and how long it goes on.
 RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.save_every", "train.log_every", "train.workers"}
 
 
-class RunLockedError(StadaptError):
-    """Another `stadapt train` is writing to this run directory."""
-
-
 def default_run_dir(recipe_path: Path) -> Path:
     return RUNS_DIR / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class RunLock:
-    """An exclusive lock file holding `host pid`, so two trainings never share a run directory.
-
-    A lock left by a process that no longer exists on this host is taken over; one from
-    another host cannot be checked and is reported instead.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_FILE
-        self.held = False
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise RunLockedError(f"{self.path.parent} is in use by another training ({self._owner()}); "
-                                     f"choose another --out, or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            self.held = True
-            return
-        raise RunLockedError(f"{self.path}: could not take the lock")
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def _owner(self) -> str:
-        try:
-            host, pid = self.path.read_text().split()
-            return f"PID {pid} on {host}"
-        except (OSError, ValueError):
-            return "unknown owner"
-
-    def _stale(self) -> bool:
-        try:
-            host, pid = self.path.read_text().split()
-            pid_number = int(pid)
-        except (OSError, ValueError):
-            return False
-        if host != socket.gethostname():
-            return False
-        try:
-            os.kill(pid_number, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def lock_run_dir(run_dir: Path) -> FileLock:
+    """Hold `run_dir/.train.lock` (flock: dropped by the kernel if this process dies) or fail in one line."""
+    lock = FileLock(run_dir / LOCK_FILE)
+    if not lock.acquire():
+        raise BusyError(f"{run_dir} is in use by another `stadapt train` ({lock.owner()}); "
+                        "choose another --out, or wait for that run to end")
+    return lock
 
 
 def point_latest(run_dir: Path) -> None:

@@ -14,6 +14,7 @@ import random
 import shlex
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -35,11 +36,12 @@ from stadapt.engine.metrics import batch_correct
 from stadapt.engine.plots import plot_curves
 from stadapt.engine.precision import autocast, configure_backends, grad_scaler
 from stadapt.engine.progress import TrainProgress
-from stadapt.engine.rundir import (MetricsLog, RunLock, check_resumable, default_run_dir, point_latest,
+from stadapt.engine.rundir import (MetricsLog, check_resumable, default_run_dir, lock_run_dir, point_latest,
                                    read_metrics, write_recipe)
 from stadapt.engine.schedule import build_optimizer, build_scheduler
 from stadapt.engine.stream import StepStream, train_loader
 from stadapt.errors import DataError, RecipeError, StadaptError
+from stadapt.fileio import FileLock
 from stadapt.model.artifact import ADAPTER_FILE, init_from, load_trainable, save_adapter, trainable_state
 from stadapt.model.build import build_model, count_parameters
 from stadapt.recipe import Recipe, head_sizes, load_recipe, resolve_recipe_path
@@ -301,7 +303,9 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first update is not the misuse PyTorch warns about
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self.pos.step += 1
         self.pos.skipped_in_epoch += int(stats[3])
         limit = self.recipe.data.max_bad_fraction * self.train_set.num_samples
@@ -398,20 +402,20 @@ def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = N
     """`stadapt train RECIPE [--set ...] [--out RUN_DIR] [--resume]`, in this process (one rank)."""
     console = console or Console()
     ctx = distributed.setup()
-    lock: Optional[RunLock] = None
+    lock: Optional[FileLock] = None
     try:
         recipe_path = resolve_recipe_path(recipe_arg)
         recipe = load_recipe(recipe_path, overrides)
         run_dir = Path(out) if out else Path(distributed.broadcast_object(ctx, str(default_run_dir(recipe_path))))
         checkpoint_path = run_dir / CHECKPOINT_FILE
         resuming = resume and checkpoint_path.exists()
-        lock = RunLock(run_dir)
 
         def prepare_run_dir() -> None:
+            nonlocal lock
             if checkpoint_path.exists() and not resume:
                 raise StadaptError(f"{run_dir} already holds a run ({CHECKPOINT_FILE}); pass --resume to continue "
                                    "it, or choose another --out")
-            lock.acquire()
+            lock = lock_run_dir(run_dir)
             if resuming:
                 check_resumable(run_dir, recipe)
             elif resume:

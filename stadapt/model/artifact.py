@@ -79,17 +79,36 @@ def load_model(source: str | Path, map_location: str | torch.device = "cpu") -> 
     The returned model carries `.recipe` and `.class_names` ({head: [names]}).
     """
     tensors, metadata = read_adapter(source)
-    recipe = recipe_from_dict(yaml.safe_load(metadata["recipe"]), source=f"{source} (recipe in metadata)")
-    identity = json.loads(metadata.get("backbone_identity", "{}"))
+    file = Path(source) / ADAPTER_FILE if Path(source).is_dir() else Path(source)
+    recipe = recipe_from_dict(_parsed(metadata, "recipe", yaml.safe_load, file, dict),
+                              source=f"{source} (recipe in metadata)")
+    identity = _parsed(metadata, "backbone_identity", json.loads, file, dict, "{}")
     model = build_model(recipe)
     expected = identity.get("pretrained_sha256")
     if expected and model.backbone_identity.get("pretrained_sha256") != expected:
         raise CheckpointError(f"{source}: trained on backbone weights {recipe.model.pretrained} with SHA-256 "
                               f"{expected[:12]}…, but that file now hashes differently")
-    load_trainable(model, tensors, str(source))
+    load_trainable(model, tensors, str(file))
     model.recipe = recipe
-    model.class_names = json.loads(metadata.get("class_names", "{}"))
+    model.class_names = _parsed(metadata, "class_names", json.loads, file, dict, "{}")
     return model.to(map_location)
+
+
+def _parsed(metadata: dict[str, str], key: str, parse, source: str | Path, kind: type,
+            default: Optional[str] = None):
+    """metadata[key] parsed (YAML without Python objects, or JSON); a damaged or missing entry
+    is one CheckpointError, never a traceback."""
+    text = metadata.get(key, default)
+    if text is None:
+        raise CheckpointError(f"{source}: its metadata lacks {key!r} (not written by stadapt, or edited)")
+    try:
+        value = parse(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{source}: its metadata {key!r} cannot be read ({reason})") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{source}: its metadata {key!r} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def load_trainable(model: VideoClassifier, tensors: dict[str, torch.Tensor], source: str) -> None:

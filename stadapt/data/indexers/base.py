@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional, Sequence
 
-from stadapt.errors import DataError
+from stadapt.errors import DataError, not_utf8
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg",
                             ".wmv", ".flv", ".3gp", ".ogv"})
@@ -118,7 +118,7 @@ def read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise not_utf8(path, exc) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
 
@@ -147,7 +147,7 @@ def csv_rows(text: str, source: str, required: Sequence[str]) -> Iterator[tuple[
                 continue
             yield reader.line_num, {k: v.strip() for k, v in row.items()}
     except csv.Error as exc:
-        raise DataError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
+        raise DataError(f"{source}:{reader.line_num + 1}: not valid CSV ({exc})") from None  # the failing line is not counted yet
 
 
 def parse_int(value: str, where: str, what: str) -> int:

@@ -8,6 +8,7 @@ Each class draws from its own generator, so adding a class leaves the others' sp
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -52,7 +53,26 @@ def index_files(videos_root: Path, files: list[tuple[Path, str]], options: Index
 
 
 def index(root: Path, options: IndexOptions) -> Index:
-    files = list_videos(root)
-    if not files:
+    files, unnamed = [], []
+    for path, name in list_videos(root):
+        (files if utf8_name(str(path)) else unnamed).append((path, name))
+    if not files and not unnamed:
         raise DataError(f"{root}: no videos in class folders (expected ROOT/CLASS/VIDEO with a suffix like .mp4)")
-    return index_files(root, files, options)
+    result = index_files(root, files, options)
+    for path, _ in unnamed:  # listed under train: no split was drawn for them
+        result.skip("train", printable(path), "the file or folder name is not UTF-8 (manifests are UTF-8); rename it")
+    return result
+
+
+def utf8_name(text: str) -> bool:
+    """False for a name read from disk that holds bytes invalid in UTF-8 (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: Path) -> str:
+    """A name from disk with its non-UTF-8 bytes written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
