@@ -262,8 +262,9 @@ ABLATE_HELP = (
     "backbone); position before_attn,after_attn,after_ffn,before_attn+after_attn (Table 5c); "
     "kernel 1x1x1,1x3x3,3x1x1,3x3x3 (Table 7); "
     "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1).\n\n"
-    "Each variant is a run directory OUT/VARIANT. A finished one (eval-val.json) is not trained again and an "
-    "interrupted one resumes from its checkpoint, so re-running the same command completes a sweep. "
+    "Each variant is a run directory OUT/VARIANT. A finished one (eval-val.json, adapter.safetensors) is not "
+    "trained again and an interrupted one resumes from its checkpoint, so re-running the same command "
+    "completes a sweep. "
     "Variants run one per GPU at a time (CUDA_VISIBLE_DEVICES), one after another on the CPU. "
     "Writes OUT/ablate-AXIS.csv, .md and .png."
 )
