@@ -264,10 +264,11 @@ def run_ablation(ablation: Ablation, say: Callable[[str], None]) -> Ablation:
         else:
             todo.append(run)
     slots = gpu_slots() if todo else [None]
-    where = "one at a time on the CPU or one GPU" if len(slots) == 1 else f"one per GPU on {len(slots)} GPUs"
+    where = "" if not todo else (" (one at a time on the CPU or one GPU)" if len(slots) == 1
+                                 else f" (one per GPU on {len(slots)} GPUs)")
     count = f"{len(ablation.runs)} variant{'s' if len(ablation.runs) > 1 else ''}"
     say(f"ablate {ablation.axis.name}: {count} of {ablation.recipe_path} in {ablation.out}; "
-        f"{len(ablation.runs) - len(todo)} finished earlier, {len(todo)} to train ({where})")
+        f"{len(ablation.runs) - len(todo)} finished earlier, {len(todo)} to train{where}")
     if ablation.note:
         say(f"note: {ablation.note}")
     by_name = {run.variant.name: run for run in todo}
