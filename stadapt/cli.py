@@ -281,6 +281,52 @@ def predict_command(
         raise typer.Exit(1)
 
 
+ABLATE_HELP = (
+    "Train and evaluate one variant of the recipe per value of AXIS, then tabulate and plot them.\n\n"
+    "AXIS and its default values (the paper's): width 64,128,256,384,768 (Table 5a); "
+    "layers 1-4,5-8,9-12,5-12,1-12 (Table 5b: 1-based blocks of ViT-B/16, scaled to the depth of another "
+    "backbone); position before_attn,after_attn,after_ffn,before_attn+after_attn (Table 5c); "
+    "kernel 1x1x1,1x3x3,3x1x1,3x3x3 (Table 7); "
+    "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1).\n\n"
+    "Each variant is a run directory OUT/VARIANT. A finished one (eval-val.json, adapter.safetensors) is not "
+    "trained again and an interrupted one resumes from its checkpoint, so re-running the same command "
+    "completes a sweep. "
+    "Variants run one per GPU at a time (CUDA_VISIBLE_DEVICES), one after another on the CPU. "
+    "Writes OUT/ablate-AXIS.csv, .md and .png."
+)
+
+
+@app.command("ablate", help=ABLATE_HELP)
+def ablate_command(
+    axis: str = typer.Argument(..., help="width | layers | position | kernel | method"),
+    recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled recipe name."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key for every variant (repeatable)."),
+    values: Optional[str] = typer.Option(None, "--values", help="Comma-separated values instead of the paper's, "
+                                         "e.g. 64,384 or 1x1x1,3x1x1 (layers: 1-based block ranges, as written)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default ablations/RECIPE-AXIS)."),
+) -> None:
+    """`stadapt ablate`; the user-facing help is ABLATE_HELP."""
+    import signal
+
+    from stadapt.ablate.report import read_rows, results_table, write_reports
+    from stadapt.ablate.runner import AblationIncomplete, plan, run_ablation
+
+    ablation = run_ablation(plan(axis, recipe, set_, values, out),
+                            say=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+    rows = read_rows(ablation)
+    console.print(results_table(ablation, rows))
+    paths = write_reports(ablation, rows)
+    err_console.print(f"wrote {', '.join(map(str, paths))}", highlight=False, soft_wrap=True)
+    if ablation.signum is not None:
+        err_console.print(f"stopped by {signal.Signals(ablation.signum).name}; run the same command again to "
+                          "continue (finished variants are kept, interrupted ones resume)", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(128 + ablation.signum)
+    if ablation.failed:
+        failed = ", ".join(f"{r.variant.name} (see {r.run_dir / 'train.log'})" for r in ablation.failed)
+        raise AblationIncomplete(f"{len(ablation.failed)} of {len(ablation.runs)} variants failed: {failed}")
+
+
 @app.callback()
 def _root() -> None:
     """Adapt frozen image ViTs to video with Spatio-Temporal Adapters."""

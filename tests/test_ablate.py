@@ -1,0 +1,162 @@
+"""`stadapt ablate`: axis values, layer-range scaling, GPU placement, a real two-variant sweep and its resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stadapt.ablate.axes import AXES, AblationError, backbone_depth, scale_block_range, variants
+from stadapt.ablate.runner import Job, run_jobs
+from stadapt.cli import main
+from stadapt.model.build import build_model, count_parameters
+from stadapt.recipe import load_recipe
+
+
+def tiny_recipe(path: Path, root: Path) -> Path:
+    """Two steps of the tiny backbone on 4-frame clips: a variant trains and evaluates in seconds."""
+    path.write_text(yaml.safe_dump({
+        "data": {"dataset": "synthetic", "root": str(root), "source": "prepared", "num_frames": 4,
+                 "sampling": "uniform", "scale": [64, 64], "crop": 64, "test_resize": 64, "mirror": False},
+        "model": {"backbone": "stadapt-tiny-vit", "pretrained": "none", "num_classes": 4, "dropout": 0.0,
+                  "adapter": {"width": 16}},
+        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "precision": "fp32", "compile": False,
+                  "workers": 0, "eval_every": 100, "save_every": 100},
+    }))
+    return path
+
+
+def names(axis: str, values: str | None = None, depth: int = 12) -> list[str]:
+    return [v.name for v in variants(AXES[axis], values, depth)[0]]
+
+
+def test_paper_defaults():
+    assert names("width") == ["64", "128", "256", "384", "768"]
+    assert names("layers") == ["1-4", "5-8", "9-12", "5-12", "1-12"]
+    assert names("position") == ["before_attn", "after_attn", "after_ffn", "before_attn+after_attn"]
+    assert names("kernel") == ["1x1x1", "1x3x3", "3x1x1", "3x3x3"]
+    assert names("method") == ["linear_probe", "attn_pool", "prompt", "partial", "adapter", "st_adapter", "full"]
+    (kernel, *_), _ = variants(AXES["kernel"], None, 12)
+    assert kernel.overrides == ("model.adapter.kernel=[1,1,1]",)
+
+
+def test_layer_ranges_scale_to_a_four_block_backbone():
+    found, note = variants(AXES["layers"], None, 4)
+    assert [v.name for v in found] == ["1", "2-3", "4", "2-4", "1-4"]
+    assert [v.overrides for v in found] == [("model.adapter.layers=[0]",), ("model.adapter.layers=[1,2]",),
+                                            ("model.adapter.layers=[3]",), ("model.adapter.layers=[1,2,3]",),
+                                            ("model.adapter.layers=[0,1,2,3]",)]
+    assert "4 blocks" in note and "scaled to 1, 2-3, 4, 2-4, 1-4" in note
+    assert variants(AXES["layers"], None, 12)[1] is None  # the paper's own depth: as written
+    assert [scale_block_range(a, b, 24) for a, b in ((1, 4), (5, 8), (9, 12), (5, 12))] == [
+        (1, 8), (9, 16), (17, 24), (9, 24)]
+    assert names("layers", depth=1) == ["1"]  # coinciding ranges are kept once
+    # Values a user gives are blocks of the backbone itself, not scaled.
+    assert names("layers", "1-2, 4", depth=4) == ["1-2", "4"]
+    assert backbone_depth(load_recipe("demo")) == 4
+
+
+@pytest.mark.parametrize("axis, values, message", [
+    ("width", "64,abc", "'abc' is not a valid width value (a width is a positive integer)"),
+    ("width", "64,64", "64 given twice"),
+    ("kernel", "2x1x1", "'2x1x1' is not a valid kernel value (a kernel is kTxkHxkW with odd sizes"),
+    ("kernel", "3x1", "is not a valid kernel value"),
+    ("position", "before_ffn", "'before_ffn' is not a valid position value"),
+    ("method", "lora", "'lora' is not a valid method value (a method is one of st_adapter"),
+    ("layers", "9-12", "'9-12' is not a valid layers value (the backbone has blocks 1-4)"),
+    ("layers", "3-1", "a block range is FIRST-LAST, 1-based"),
+    ("width", ",", "--values is empty"),
+])
+def test_bad_values_are_one_line_exit_2(axis, values, message, capsys, tmp_path):
+    assert main(["ablate", axis, "--recipe", "demo", "--values", values, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_must_fit_the_axis(capsys):
+    assert main(["ablate", "kernel", "--recipe", "demo", "--set", "model.method=adapter"]) == 2
+    assert "use --set model.method=st_adapter" in capsys.readouterr().err
+    assert main(["ablate", "depth", "--recipe", "demo"]) == 2
+    assert "unknown ablation axis 'depth'" in capsys.readouterr().err
+
+
+def test_variants_take_one_gpu_each_and_queue_for_a_free_one(tmp_path):
+    """Three jobs on two GPU slots: the first two run together, the third waits for a free GPU."""
+    script = ("import os, time; print('gpu', os.environ['CUDA_VISIBLE_DEVICES'], 'start', time.time()); "
+              "time.sleep(0.6); print('end', time.time())")
+    jobs = [Job(f"v{i}", [sys.executable, "-c", script], tmp_path / f"v{i}.log") for i in range(3)]
+    ends = []
+    assert run_jobs(jobs, ["3", "5"], on_start=lambda job: None,
+                    on_end=lambda job, code, s: ends.append((job.name, code)), poll_s=0.05) is None
+    logs = {job.name: (tmp_path / f"{job.name}.log").read_text().split() for job in jobs}
+    gpu = {name: words[words.index("gpu") + 1] for name, words in logs.items()}
+    start = {name: float(words[words.index("start") + 1]) for name, words in logs.items()}
+    end = {name: float(words[words.index("end") + 1]) for name, words in logs.items()}
+    assert {gpu["v0"], gpu["v1"]} == {"3", "5"}
+    assert start["v1"] < end["v0"] and start["v0"] < end["v1"]  # side by side
+    assert start["v2"] >= min(end["v0"], end["v1"])  # queued
+    assert sorted(code for _, code in ends) == [0, 0, 0]
+
+
+def test_a_signal_is_passed_to_running_variants_and_stops_the_queue(tmp_path):
+    script = ("import signal, sys, time; "
+              "signal.signal(signal.SIGTERM, lambda *a: (print('saved'), sys.exit(143))); time.sleep(30)")
+    jobs = [Job(f"v{i}", [sys.executable, "-c", script], tmp_path / f"v{i}.log") for i in range(2)]
+    ended = []
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        stopped_by = run_jobs(jobs, [None], on_start=lambda job: None,
+                              on_end=lambda job, code, s: ended.append((job.name, code)), poll_s=0.05)
+    finally:
+        timer.cancel()
+    assert stopped_by == signal.SIGTERM
+    assert ended == [("v0", 143)] and "saved" in (tmp_path / "v0.log").read_text()
+    assert not (tmp_path / "v1.log").exists()  # never started
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_writes_reports_and_a_rerun_trains_only_what_is_missing(prepared_dir, tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path / "tiny.yaml", prepared_dir)
+    out = tmp_path / "sweep"
+    argv = ["ablate", "width", "--recipe", str(recipe), "--values", "8,16", "--out", str(out)]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "ablate width" in stdout and "trained now" in stdout
+
+    rows = read_csv(out / "ablate-width.csv")
+    assert [r["variant"] for r in rows] == ["8", "16"]
+    for row in rows:
+        model = build_model(load_recipe(recipe, [f"model.adapter.width={row['variant']}"]))
+        assert int(row["trainable_params"]) == count_parameters(model)[0]
+        assert 0 <= float(row["top1_pct"]) <= float(row["top5_pct"]) <= 100 and float(row["train_seconds"]) > 0
+    markdown = (out / "ablate-width.md").read_text()
+    assert f"| 8 | {int(rows[0]['trainable_params']):,} |" in markdown and "| 16 |" in markdown
+    assert (out / "ablate-width.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # An interrupted variant (here: its evaluation lost) is resumed; the finished one is left alone.
+    kept = {p: p.stat().st_mtime_ns for p in (out / "8").rglob("*") if p.is_file()}
+    (out / "16" / "eval-val.json").unlink()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "1 finished earlier, 1 to train" in captured.err
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (out / "16" / "eval-val.json").is_file()
+    assert "resumed from" in (out / "16" / "train.log").read_text()
+    assert '"attempts": 2' in (out / "16" / "ablate.json").read_text()
+    assert [r["variant"] for r in read_csv(out / "ablate-width.csv")] == ["8", "16"]
+
+    # A finished variant is reused only for the same recipe.
+    assert main([*argv, "--set", "train.lr=1e-3"]) == 2
+    assert "holds a run with train.lr = 0.0005, this ablation asks for 0.001" in capsys.readouterr().err
