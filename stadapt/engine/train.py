@@ -44,6 +44,7 @@ from stadapt.errors import DataError, RecipeError, StadaptError
 from stadapt.fileio import FileLock
 from stadapt.model.artifact import ADAPTER_FILE, init_from, load_trainable, save_adapter, trainable_state
 from stadapt.model.build import build_model, count_parameters
+from stadapt.model.runtime import maybe_compile, place_model
 from stadapt.recipe import Recipe, head_sizes, load_recipe, resolve_recipe_path
 
 STATS = ("loss_sum", "correct", "clips", "skipped", "nonfinite", "stop")
@@ -137,13 +138,13 @@ class Trainer:
         if recipe.model.init_from and checkpoint is None:
             for note in init_from(self.model, recipe.model.init_from):
                 self.say(note)
-        self.model.to(self.device)
+        place_model(self.model, self.device, t.precision)  # on GPU: frozen weights in bf16/fp16
         self.net = self.model
         if ctx.distributed:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
-        self.forward = torch.compile(self.net) if t.compile else self.net
+        self.forward = maybe_compile(self.net, t.compile, self.device)  # CUDA only; eager on CPU
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)
