@@ -19,8 +19,23 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The CPU demo: synthetic videos of time-reversed class pairs, the tiny random ViT with
+# ST-Adapters, then eval and predict on one MP4, one WebM and one AVI of the val split.
+DEMO_DATA := data/synthetic
+DEMO_RUN := runs/demo
+STADAPT := $(BIN)/stadapt
+
 demo: $(STAMP)
-	$(BIN)/python -m stadapt.demo
+	@echo "== 1/4  stadapt prepare synthetic: render and index the videos"
+	$(STADAPT) prepare synthetic $(DEMO_DATA)/videos --out $(DEMO_DATA) $(DEMO_PREPARE)
+	@echo "== 2/4  stadapt train: ST-Adapters on the frozen tiny ViT ($(DEMO_RUN) is replaced)"
+	rm -rf $(DEMO_RUN)
+	$(STADAPT) train recipes/demo.yaml --out $(DEMO_RUN)
+	@echo "== 3/4  stadapt eval"
+	$(STADAPT) eval $(DEMO_RUN)
+	@echo "== 4/4  stadapt predict: one MP4, one WebM, one AVI of the val split"
+	$(STADAPT) predict --model $(DEMO_RUN) --top-k 3 $$(for ext in mp4 webm avi; do \
+	    grep -m1 "\.$$ext," $(DEMO_DATA)/val.csv | cut -d, -f1 | sed 's|^|$(DEMO_DATA)/videos/|'; done)
 
 clean:
 	rm -rf $(VENV) data/synthetic runs

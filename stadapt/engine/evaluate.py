@@ -32,6 +32,7 @@ from stadapt.model.runtime import autocast, configure_backends
 from stadapt.engine.stream import eval_loader
 from stadapt.errors import DataError, RecipeError
 from stadapt.fileio import atomic_write_text
+from stadapt.model.runtime import place_model
 from stadapt.recipe import Recipe, apply_override, head_sizes, recipe_from_dict
 
 
@@ -192,6 +193,7 @@ def run_eval(run_dir: Path, split: str = "val", overrides: Iterable[str] = ()) -
         configure_backends(ctx.device)
         model = load_model(run_dir, map_location=ctx.device)
         recipe = override_data(model.recipe, overrides)
+        place_model(model, ctx.device, recipe.train.precision)
         check_input_size(model, recipe)
         dataset = build_dataset(recipe, split, train=False)
         check_classes(dataset, model.class_names, f"{recipe.data.root} ({split})")

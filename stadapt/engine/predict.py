@@ -24,6 +24,7 @@ from stadapt.engine.evaluate import check_input_size
 from stadapt.model.runtime import autocast
 from stadapt.engine.rundir import LATEST
 from stadapt.errors import RecipeError, StadaptError
+from stadapt.model.runtime import place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, recipe_from_dict
 
@@ -97,6 +98,7 @@ def predict(inputs: Iterable[str], model_dir: Path, top_k: int = 5, views: Optio
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model: VideoClassifier = load_model(model_dir, map_location=device).eval()
     recipe = with_views(model.recipe, views)
+    place_model(model, device, recipe.train.precision)
     check_input_size(model, recipe)
     entries = expand_inputs(inputs)
     readable = [Path(video) for video, error in entries if error is None]

@@ -137,13 +137,13 @@ class Trainer:
         if recipe.model.init_from and checkpoint is None:
             for note in init_from(self.model, recipe.model.init_from):
                 self.say(note)
-        place_model(self.model, self.device, t.precision)
+        place_model(self.model, self.device, t.precision)  # on GPU: frozen weights in bf16/fp16
         self.net = self.model
         if ctx.distributed:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
-        self.forward = maybe_compile(self.net, t.compile, self.device)
+        self.forward = maybe_compile(self.net, t.compile, self.device)  # CUDA only; eager on CPU
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)
