@@ -24,6 +24,7 @@ test: $(STAMP)
 DEMO_DATA := data/synthetic
 DEMO_RUN := runs/demo
 STADAPT := $(BIN)/stadapt
+DEMO_PREPARE ?=  # extra `prepare synthetic` options, e.g. make demo DEMO_PREPARE="--videos-per-class 32"
 
 demo: $(STAMP)
 	@echo "== 1/4  stadapt prepare synthetic: render and index the videos"

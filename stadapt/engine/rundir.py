@@ -89,10 +89,11 @@ class MetricsLog:
     """Append-only `metrics.jsonl`: one JSON object per line, flushed as it is written."""
 
     def __init__(self, run_dir: Path, resume_step: Optional[int] = None) -> None:
+        """A new log, or with `resume_step` the existing one continued after that step."""
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines logged after the checkpoint: the resumed run logs those steps again."""

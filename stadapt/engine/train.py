@@ -44,7 +44,7 @@ from stadapt.errors import DataError, RecipeError, StadaptError
 from stadapt.fileio import FileLock
 from stadapt.model.artifact import ADAPTER_FILE, init_from, load_trainable, save_adapter, trainable_state
 from stadapt.model.build import build_model, count_parameters
-from stadapt.recipe import Recipe, head_sizes, load_recipe, resolve_recipe_path
+from stadapt.recipe import Recipe, load_recipe, resolve_recipe_path
 
 STATS = ("loss_sum", "correct", "clips", "skipped", "nonfinite", "stop")
 
@@ -128,8 +128,7 @@ class Trainer:
         self.micro, self.accumulation = batch_geometry(recipe, ctx.world_size)
 
         self.train_set = build_dataset(recipe, "train", train=True)
-        self.val_set = build_dataset(recipe, "val", train=False)
-        self._check_classes()
+        self.val_set = build_dataset(recipe, "val", train=False)  # both check model.num_classes
 
         torch.manual_seed(t.seed)  # the same initial heads and adapters on every rank
         self.model = build_model(recipe)
@@ -147,7 +146,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)
-        self.base_group = next(g for g in self.optimizer.param_groups if g["name"] == "new")
 
         self.pos = Position()
         torch.manual_seed(t.seed + ctx.rank)  # dropout differs across ranks, as samples do
@@ -157,7 +155,6 @@ class Trainer:
             self._restore(checkpoint)
         stream = StepStream(self.train_set.num_samples, self.micro, ctx, t.seed, self.pos.epoch,
                             self.pos.batches_in_epoch * self.micro * ctx.world_size)
-        self.batches_per_epoch = stream.batches_per_epoch
         self.loader = train_loader(self.train_set, stream, t.workers, pin_memory=self.device.type == "cuda")
         self.stop = StopRequest()
         self.log: Optional[MetricsLog] = None
@@ -169,14 +166,6 @@ class Trainer:
     def say(self, message: str) -> None:
         if self.ctx.is_main:
             self.console.print(message, highlight=False)
-
-    def _check_classes(self) -> None:
-        for head, n in head_sizes(self.recipe.model).items():
-            names = self.train_set.class_names.get(head, [])
-            if len(names) != n:
-                key = "model.num_classes" + ("" if head == "label" else f".{head}")
-                raise RecipeError(f"{key} = {n}, but {self.recipe.data.root} lists {len(names)} classes "
-                                  f"for {head!r}")
 
     def _restore(self, state: dict[str, Any]) -> None:
         where = str(self.run_dir / CHECKPOINT_FILE)
