@@ -70,7 +70,7 @@ def prepare_command(
     train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="csv: train list (default ROOT/train.csv)."),
     val_csv: Optional[Path] = typer.Option(None, "--val-csv", help="csv: val list (default ROOT/val.csv)."),
     classes: int = typer.Option(8, "--classes", min=1, help="synthetic: number of classes."),
-    videos_per_class: int = typer.Option(12, "--videos-per-class", min=1, help="synthetic: videos per class."),
+    videos_per_class: int = typer.Option(20, "--videos-per-class", min=1, help="synthetic: videos per class."),
     frames: int = typer.Option(32, "--frames", min=1, help="synthetic: frames per video."),
     size: str = typer.Option("80x64", "--size", help="synthetic: WIDTHxHEIGHT."),
 ) -> None:

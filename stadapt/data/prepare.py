@@ -38,7 +38,7 @@ class SyntheticOptions:
     """What `prepare synthetic` generates: classes × videos of frames at size (width, height)."""
 
     classes: int = 8
-    videos_per_class: int = 12
+    videos_per_class: int = 20
     frames: int = 32
     size: tuple[int, int] = (80, 64)
 
