@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import stadapt
 from stadapt.errors import RecipeError, StadaptError
 from stadapt.fileio import atomic_write_text
-from stadapt.model.build import build_model, count_parameters
+from stadapt.model.build import build_model, count_parameters, set_impl
 from stadapt.model.runtime import autocast, compute_dtype, grad_scaler, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, head_sizes
@@ -107,13 +107,22 @@ def countable_attention() -> Iterator[None]:
 
 def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
                precision: str = "fp32") -> dict[str, float]:
-    """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view."""
+    """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view.
+
+    FLOPs are the paper's count, every token through every block as the published code
+    computes them (the reference path); the fast path executes fewer, since it skips the
+    patch tokens of the last block, which the head never reads.
+    """
     trainable, total = count_parameters(model)
-    was_training = model.training
+    was_training, impl = model.training, model.impl
     model.eval()
-    with torch.no_grad(), autocast(device, precision), countable_attention(), FlopCounterMode(display=False) as counter:
-        model(random_clips(recipe, 1, device))
-    model.train(was_training)
+    set_impl(model, "reference")
+    try:
+        with torch.no_grad(), autocast(device, precision), countable_attention(), FlopCounterMode(display=False) as counter:
+            model(random_clips(recipe, 1, device))
+    finally:
+        set_impl(model, impl)
+        model.train(was_training)
     return {"trainable_params": trainable, "total_params": total,
             "gflops_per_view": round(counter.get_total_flops() / 1e9, 3)}
 

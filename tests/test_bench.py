@@ -34,7 +34,8 @@ def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
     assert result["infer_speedup_vs_reference"] == round(fast["throughput_clips_s"] / reference["throughput_clips_s"], 4)
     assert result["adapter_overhead_vs_backbone"] == round(1 - fast["throughput_clips_s"] / backbone["throughput_clips_s"], 4)
     assert result["train_peak_mem_ratio_vs_reference"] is None
-    assert result["projected_gpu_hours"] == round(300 * 16 / fast["train_clips_s"] / 3600, 4)
+    demo = stadapt.load_recipe("demo").train
+    assert result["projected_gpu_hours"] == round(demo.steps * demo.batch_size / fast["train_clips_s"] / 3600, 4)
     written = list((tmp_path / "benchmarks" / "results").glob("model-demo-cpu-fast-*.json"))
     assert len(written) == 1 and json.loads(written[0].read_text()) == result
 

@@ -9,7 +9,7 @@ import stadapt
 from stadapt.errors import CheckpointError, RecipeError
 from stadapt.model.adapter import STAdapter
 from stadapt.model.build import count_parameters, set_impl
-from stadapt.model.video_vit import AdaptedBlock
+from stadapt.model.video_vit import AdaptedBlock, packed_attention
 
 TINY = ["model.backbone=stadapt-tiny-vit", "model.pretrained=none", "data.num_frames=4", "data.crop=64",
         "data.scale=[64,72]", "data.test_views.temporal=1", "model.adapter.width=16"]
@@ -175,3 +175,32 @@ def test_adapter_layers_subset_and_several_heads():
     assert set(out) == {"verb", "noun"} and out["verb"].shape == (2, 5) and out["noun"].shape == (2, 7)
     with pytest.raises(RecipeError, match="has blocks 0..3"):
         tiny("model.adapter.layers=[4]")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_packed_attention_computes_what_multihead_attention_computes(training):
+    attn = tiny().blocks[0].block.attn
+    attn.train(training)
+    x = torch.randn(3, 17, attn.embed_dim, requires_grad=training)
+    with torch.set_grad_enabled(training):
+        expected = attn(x, x, x, need_weights=False)[0]
+        torch.testing.assert_close(packed_attention(attn, x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_packed_attention_of_the_first_queries_equals_those_rows_of_full_attention():
+    attn = tiny().blocks[0].block.attn
+    x = torch.randn(3, 17, attn.embed_dim)
+    torch.testing.assert_close(packed_attention(attn, x, num_queries=1), packed_attention(attn, x)[:, :1],
+                               atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "partial", "prompt", "attn_pool"])
+def test_fast_equals_reference_for_every_method(method):
+    model = tiny(f"model.method={method}")
+    video = clip()
+    with torch.no_grad():
+        set_impl(model, "fast")
+        fast = model(video)
+        set_impl(model, "reference")
+        reference = model(video)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)

@@ -4,8 +4,8 @@ One module, two ways to run the same weights:
 - `reference`: reshape the tokens to a B×r×T×h×w volume and call `nn.Conv3d`, as the
   published code does (permute copies included);
 - `fast`: for kernels of shape kT×1×1 the depth-wise convolution is a weighted sum of kT
-  time-shifted copies of the B×T×L×r tokens, with no permute; other kernels fall back to
-  the reference convolution.
+  time-shifted copies of the B×T×L×r tokens, with no permute, and the projections run on
+  all tokens as they lie in memory; other kernels fall back to the reference convolution.
 Both read `conv.weight` (r×1×kT×kH×kW) and `conv.bias`, so state dicts are interchangeable.
 """
 
@@ -63,20 +63,30 @@ class STAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x: (B·T)×(prefix + h·w)×d tokens of B clips of `num_frames` frames."""
-        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
-        h = self.fc1(patches)
-        if self.conv is not None:
-            h = self._temporal_conv(h, num_frames)
-        delta = self.fc2(self.act(h))
-        return torch.cat([prefix, patches + delta], dim=1)
+        prefix = self.num_prefix_tokens
+        if self.impl == "fast" and self._time_only():
+            # Project every token, prefix included, and drop the prefix rows of the result:
+            # slicing the prefix off first would copy all patch tokens before fc1.
+            h = self.fc1(x)
+            if self.conv is not None:
+                bt, length, width = h.shape
+                h = shifted_time_conv(h.view(bt // num_frames, num_frames, length, width),
+                                      self.conv.weight, self.conv.bias).view(bt, length, width)
+            delta = self.fc2(self.act(h))[:, prefix:]
+        else:
+            h = self.fc1(x[:, prefix:])
+            if self.conv is not None:
+                h = self._volume_conv(h, num_frames)
+            delta = self.fc2(self.act(h))
+        return torch.cat([x[:, :prefix], x[:, prefix:] + delta], dim=1)
 
-    def _temporal_conv(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def _time_only(self) -> bool:
+        return self.conv is None or self.conv.kernel_size[1:] == (1, 1)
+
+    def _volume_conv(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The published way: reshape to a B×r×T×h×w volume, nn.Conv3d, reshape back."""
         assert self.conv is not None
         bt, length, width = h.shape
-        kt, kh, kw = self.conv.kernel_size
-        if self.impl == "fast" and kh == 1 and kw == 1:
-            return shifted_time_conv(h.view(bt // num_frames, num_frames, length, width),
-                                     self.conv.weight, self.conv.bias).view(bt, length, width)
         side = int(round(length ** 0.5))
         if side * side != length:
             raise ValueError(f"adapter expects a square grid of patch tokens, got {length}")

@@ -19,7 +19,7 @@ from torch import nn
 
 from stadapt.model.adapter import STAdapter
 from stadapt.model.backbone import load_backbone
-from stadapt.model.video_vit import VideoClassifier
+from stadapt.model.video_vit import PatchEmbedding, VideoClassifier
 from stadapt.recipe import ModelConfig, Recipe, head_sizes
 from stadapt.errors import RecipeError
 
@@ -43,6 +43,7 @@ def build_model(recipe: Recipe) -> VideoClassifier:
         insert_adapters(model, cfg)
     set_trainable(model, cfg.method)
     model.grad_checkpointing = cfg.grad_checkpointing
+    set_impl(model, cfg.impl)
     return model
 
 
@@ -83,9 +84,11 @@ def set_trainable(model: VideoClassifier, method: str) -> None:
 
 
 def set_impl(model: VideoClassifier, impl: str) -> None:
-    """Switch every adapter between the `fast` and `reference` paths (same weights)."""
+    """Switch patch embedding, attention and every adapter between the `fast` and `reference`
+    paths (same weights)."""
+    model.impl = impl
     for module in model.modules():
-        if isinstance(module, STAdapter):
+        if isinstance(module, (STAdapter, PatchEmbedding)):
             module.impl = impl
 
 
