@@ -4,6 +4,8 @@
 # the model benchmark of the ViT-L/14 recipe. Results land in RESULTS (default
 # benchmarks/results). The ViT-B model benchmarks are `stadapt bench model --recipe
 # k400_vitb|ssv2_vitb --device cuda`; this script reads the K400 one for the ratio.
+# Knobs for a short device budget: VIDEOS_PER_CLASS (default 8), LOADER=0 skips the loader
+# benchmark, VITL_TIMEOUT=0 skips ViT-L.
 set -euo pipefail
 RESULTS=${1:-benchmarks/results}
 MODEL_RESULT=${MODEL_RESULT:-benchmarks/results/model-k400_vitb-cuda-h100-20261125.json}
@@ -11,13 +13,15 @@ STADAPT=${STADAPT:-python3 -m stadapt}
 CORES=$(nproc)
 mkdir -p "$RESULTS"
 
-$STADAPT prepare synthetic data/k400like/videos --out data/k400like --classes 8 --videos-per-class 8 \
+$STADAPT prepare synthetic data/k400like/videos --out data/k400like --classes 8 --videos-per-class "${VIDEOS_PER_CLASS:-8}" \
     --frames 300 --size 340x256 --decode --workers "$CORES"
-$STADAPT bench loader --recipe k400_vitb --set data.root=data/k400like --workers 1 \
-    --out "$RESULTS/loader-k400_vitb-1worker-cuda-node.json"
+if [ "${LOADER:-1}" != 0 ]; then
+    $STADAPT bench loader --recipe k400_vitb --set data.root=data/k400like --workers 1 \
+        --out "$RESULTS/loader-k400_vitb-1worker-cuda-node.json"
+fi
 $STADAPT train recipes/k400_vitb.yaml --out runs/k400like-e2e \
     --set model.pretrained=none --set data.root=data/k400like --set data.source=prepared \
     --set model.num_classes=8 --set train.steps=100 --set train.batch_size=32 \
     --set train.workers=$((CORES - 2)) --set train.log_every=10 --set train.eval_every=1000 --set train.save_every=1000
 $STADAPT bench run runs/k400like-e2e --skip 2 --model-result "$MODEL_RESULT" --out "$RESULTS/run-k400_vitb-e2e-cuda.json"
-timeout "${VITL_TIMEOUT:-300}" $STADAPT bench model --recipe k400_vitl --device cuda --out "$RESULTS/model-k400_vitl-cuda.json"
+[ "${VITL_TIMEOUT:-300}" = 0 ] || timeout "${VITL_TIMEOUT:-300}" $STADAPT bench model --recipe k400_vitl --device cuda --out "$RESULTS/model-k400_vitl-cuda.json"
