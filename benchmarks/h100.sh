@@ -11,6 +11,9 @@ RESULTS=${1:-benchmarks/results}
 MODEL_RESULT=${MODEL_RESULT:-benchmarks/results/model-k400_vitb-cuda-h100-20261125.json}
 STADAPT=${STADAPT:-python3 -m stadapt}
 CORES=$(nproc)
+if [ "${VIDEOS_PER_CLASS:-8}" -lt 6 ]; then  # the train split (80%) must hold one batch of 32
+    echo "VIDEOS_PER_CLASS=${VIDEOS_PER_CLASS}: need at least 6 (8 classes, batch 32)" >&2; exit 2
+fi
 mkdir -p "$RESULTS"
 
 $STADAPT prepare synthetic data/k400like/videos --out data/k400like --classes 8 --videos-per-class "${VIDEOS_PER_CLASS:-8}" \
