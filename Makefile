@@ -34,9 +34,10 @@ demo: $(STAMP)
 	$(STADAPT) train recipes/demo.yaml --out $(DEMO_RUN)
 	@echo "== 3/4  stadapt eval"
 	$(STADAPT) eval $(DEMO_RUN)
-	@echo "== 4/4  stadapt predict: one MP4, one WebM, one AVI of the val split"
-	$(STADAPT) predict --model $(DEMO_RUN) --top-k 3 $$(for ext in mp4 webm avi; do \
-	    grep -m1 "\.$$ext," $(DEMO_DATA)/val.csv | cut -d, -f1 | sed 's|^|$(DEMO_DATA)/videos/|'; done)
+	@echo "== 4/4  stadapt predict: an MP4, a WebM and an AVI of three different val classes"
+	$(STADAPT) predict --model $(DEMO_RUN) --top-k 3 $$(awk -F, 'NR > 1 { n = split($$1, p, "."); \
+	    if (!(p[n] in ext) && !($$2 in cls)) { ext[p[n]]; cls[$$2]; print "$(DEMO_DATA)/videos/" $$1 } }' \
+	    $(DEMO_DATA)/val.csv)
 
 clean:
 	rm -rf $(VENV) data/synthetic runs

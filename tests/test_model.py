@@ -31,6 +31,15 @@ def clip(batch=2, frames=4):
     return torch.randn(batch, 3, frames, 64, 64)
 
 
+def fast_and_reference(model, video):
+    """The model's logits on the fast path, then on the reference path (same weights)."""
+    with torch.no_grad():
+        set_impl(model, "fast")
+        fast = model(video)
+        set_impl(model, "reference")
+        return fast, model(video)
+
+
 def test_fresh_adapter_is_exact_identity():
     adapter = STAdapter(96, 16, (3, 1, 1))
     x = torch.randn(2 * 4, 1 + 64, 96)
@@ -53,11 +62,7 @@ def test_fast_equals_reference(kernel, positions):
     model = tiny(f"model.adapter.kernel={kernel}", f"model.adapter.positions={positions}")
     randomise_adapters(model)
     video = clip()
-    with torch.no_grad():
-        set_impl(model, "fast")
-        fast = model(video)
-        set_impl(model, "reference")
-        reference = model(video)
+    fast, reference = fast_and_reference(model, video)
     assert not torch.allclose(fast, tiny()(video), atol=1e-3)  # the adapters do something
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
 
@@ -196,11 +201,5 @@ def test_packed_attention_of_the_first_queries_equals_those_rows_of_full_attenti
 
 @pytest.mark.parametrize("method", ["linear_probe", "partial", "prompt", "attn_pool"])
 def test_fast_equals_reference_for_every_method(method):
-    model = tiny(f"model.method={method}")
-    video = clip()
-    with torch.no_grad():
-        set_impl(model, "fast")
-        fast = model(video)
-        set_impl(model, "reference")
-        reference = model(video)
+    fast, reference = fast_and_reference(tiny(f"model.method={method}"), clip())
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
