@@ -78,8 +78,7 @@ def packed_attention(attn: nn.MultiheadAttention, x: torch.Tensor, num_queries: 
     """Self-attention of batch-first tokens with `attn`'s own weights, the function it computes.
 
     Why: nn.MultiheadAttention transposes to sequence-first and copies q, k, v and the output
-    between layouts around its kernel.
-    Here one packed qkv product is viewed as B×heads×N×d_head q, k and v, which the flash
+    between layouts around its kernel. Here one packed qkv product is viewed as B×heads×N×d_head q, k and v, which the flash
     kernel takes as they are, and only the output is made contiguous once for `out_proj`.
     With `num_queries`, only the first tokens ask (their outputs are returned), all answer.
     """
@@ -101,7 +100,8 @@ class PatchEmbedding(nn.Conv2d):
     """open_clip's patch embedding (a convolution with stride = kernel), as one matrix product.
 
     Why: for bf16 at this shape cuDNN picks a generic implicit-GEMM kernel (seen in a profile
-    of ViT-B/16 training on an H100), many times slower than the same product through cuBLAS. The parameters are the convolution's own (`weight`, `bias`), so state dicts and
+    of ViT-B/16 training on an H100), many times slower than the same product through
+    cuBLAS. The parameters are the convolution's own (`weight`, `bias`), so state dicts and
     checkpoints do not change; `impl = "reference"` runs the convolution itself.
     """
 
