@@ -67,8 +67,9 @@ def test_fast_equals_reference(kernel, positions):
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_equals_reference_gradients():
-    model = tiny()
+@pytest.mark.parametrize("positions", [["before_attn"], ["before_attn", "after_attn", "after_ffn"]])
+def test_fast_equals_reference_gradients(positions):
+    model = tiny(f"model.adapter.positions={positions}")
     randomise_adapters(model)
     grads = {}
     for impl in ("fast", "reference"):
@@ -76,7 +77,9 @@ def test_fast_equals_reference_gradients():
         model.zero_grad()
         torch.manual_seed(1)
         model(clip()).square().mean().backward()
-        grads[impl] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        grads[impl] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert grads["fast"].keys() == grads["reference"].keys() == trainable  # every one gets a gradient
     for name in grads["fast"]:
         torch.testing.assert_close(grads["fast"][name], grads["reference"][name], atol=1e-5, rtol=1e-4)
 

@@ -49,7 +49,16 @@ def run_block(blk: nn.Module, adapters: Mapping[str, STAdapter], x: torch.Tensor
         x = adapters["before_attn"](x, num_frames)
     if cls_only and packed and _packable(blk):
         x = x[:, :1] + blk.ls_1(packed_attention(blk.attn, blk.ln_1(x), num_queries=1))
-        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        skipped = [p for pos, adapter in adapters.items() if pos != "before_attn"
+                   for p in adapter.parameters() if p.requires_grad]
+        if skipped and torch.is_grad_enabled():
+            # In the full computation these adapters' gradient is exactly zero (their output never
+            # reaches the CLS token). Give them that zero, so that they stay in the autograd graph:
+            # DDP expects every trainable parameter there, and AdamW then treats them as the
+            # reference path does.
+            x = x + 0 * sum(p.sum() for p in skipped).to(x.dtype)
+        return x
     x = x + blk.ls_1(_attention(blk, blk.ln_1(x), packed))
     if "after_attn" in adapters:
         x = adapters["after_attn"](x, num_frames)
