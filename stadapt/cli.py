@@ -125,17 +125,18 @@ def _print_bench_model(result: dict, path: Path) -> None:
 
     timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
              else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
-    table = Table("variant", "trainable", "GFLOPs/view", "latency ms", "infer clips/s", "train clips/s",
+    table = Table("variant", "trainable", "GFLOPs/view", "executed", "latency ms", "infer clips/s", "train clips/s",
                   "train step ms", "train peak MiB",
                   title=f"bench model: {result['recipe']} on {result['device_name']}",
                   caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
     for name, v in result["variants"].items():
-        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}", show(v["latency_ms"]),
+        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}",
+                      f"{v['executed_gflops_per_view']:.4g}", show(v["latency_ms"]),
                       show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
                       show(v["train_peak_mem_mib"]))
     console.print(table)
     for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
-                "adapter_overhead_vs_backbone", "projected_gpu_hours"):
+                "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
         value = result[key]
         console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
     console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)

@@ -10,7 +10,7 @@ from stadapt.cli import main
 KEYS = {"trainable_params", "total_params", "gflops_per_view", "latency_ms", "throughput_clips_s", "train_clips_s",
         "peak_mem_mib", "device", "device_name", "impl", "batch_size", "recipe", "train_speedup_vs_reference",
         "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference", "adapter_overhead_vs_backbone",
-        "projected_gpu_hours", "variants", "versions", "date"}
+        "adapter_flops_vs_backbone", "executed_gflops_per_view", "projected_gpu_hours", "variants", "versions", "date"}
 
 
 def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
@@ -33,6 +33,10 @@ def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
     assert result["train_speedup_vs_reference"] == round(fast["train_clips_s"] / reference["train_clips_s"], 4)
     assert result["infer_speedup_vs_reference"] == round(fast["throughput_clips_s"] / reference["throughput_clips_s"], 4)
     assert result["adapter_overhead_vs_backbone"] == round(1 - fast["throughput_clips_s"] / backbone["throughput_clips_s"], 4)
+    assert result["adapter_flops_vs_backbone"] == round(
+        fast["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1, 4)
+    # the fast path skips the last block's patch tokens; the reference runs the paper's count
+    assert fast["executed_gflops_per_view"] < fast["gflops_per_view"] == reference["executed_gflops_per_view"]
     assert result["train_peak_mem_ratio_vs_reference"] is None
     demo = stadapt.load_recipe("demo").train
     assert result["projected_gpu_hours"] == round(demo.steps * demo.batch_size / fast["train_clips_s"] / 3600, 4)
