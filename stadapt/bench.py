@@ -220,26 +220,33 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str
     figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, precision))
     forward = maybe_compile(model, recipe.train.compile, settings.device)
     figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
-    model.eval()
-    reset_peak_memory(settings.device)
-    latency, latency_steps = seconds_per_step(
-        inference_step(forward, random_clips(recipe, 1, settings.device), precision), settings)
-    batch = random_clips(recipe, settings.batch_size, settings.device)
-    if settings.batch_size > 1:
+    figures.update(latency_ms=None, latency_steps=None, throughput_clips_s=None, infer_step_ms=None,
+                   infer_steps=None, infer_peak_mem_mib=None, train_clips_s=None, train_step_ms=None,
+                   train_steps=None, train_peak_mem_mib=None, out_of_memory=None)
+    try:
+        model.eval()
         reset_peak_memory(settings.device)
-        infer, infer_steps = seconds_per_step(inference_step(forward, batch, precision), settings)
-    else:
-        infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
-    figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
-                   throughput_clips_s=round(settings.batch_size / infer, 3), infer_step_ms=round(infer * 1e3, 3),
-                   infer_steps=infer_steps, infer_peak_mem_mib=peak_memory_mib(settings.device),
-                   train_clips_s=None, train_step_ms=None, train_steps=None, train_peak_mem_mib=None)
-    if train:
-        model.train()
-        reset_peak_memory(settings.device)
-        step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch), settings)
-        figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
-                       train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
+        latency, latency_steps = seconds_per_step(
+            inference_step(forward, random_clips(recipe, 1, settings.device), precision), settings)
+        figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps)
+        batch = random_clips(recipe, settings.batch_size, settings.device)
+        if settings.batch_size > 1:
+            reset_peak_memory(settings.device)
+            infer, infer_steps = seconds_per_step(inference_step(forward, batch, precision), settings)
+        else:
+            infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
+        figures.update(throughput_clips_s=round(settings.batch_size / infer, 3), infer_step_ms=round(infer * 1e3, 3),
+                       infer_steps=infer_steps, infer_peak_mem_mib=peak_memory_mib(settings.device))
+        if train:
+            model.train()
+            reset_peak_memory(settings.device)
+            step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch), settings)
+            figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
+                           train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
+    except torch.OutOfMemoryError:
+        # A larger batch than the reference path can hold is a result, not a failure: the
+        # variant's remaining figures stay empty and the run goes on.
+        figures["out_of_memory"] = "training" if figures["throughput_clips_s"] is not None else "inference"
     return figures
 
 
@@ -286,6 +293,9 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
     for name, (variant, train) in variant_recipes(recipe, impl).items():
         variants[name] = measure_variant(variant, settings, train)
         release_memory(settings.device)
+        if name == impl and variants[name]["out_of_memory"]:
+            raise StadaptError(f"--batch-size {settings.batch_size}: {recipe_name} runs out of GPU memory in "
+                               f"{variants[name]['out_of_memory']} on the {impl} path; try a smaller batch")
     chosen, reference, backbone = variants[impl], variants["reference"], variants["backbone"]
     return {
         "benchmark": "model",
@@ -312,7 +322,8 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         "train_speedup_vs_reference": ratio(chosen["train_clips_s"], reference["train_clips_s"]),
         "train_peak_mem_ratio_vs_reference": ratio(chosen["train_peak_mem_mib"], reference["train_peak_mem_mib"]),
         "infer_speedup_vs_reference": ratio(chosen["throughput_clips_s"], reference["throughput_clips_s"]),
-        "adapter_overhead_vs_backbone": _round(1 - chosen["throughput_clips_s"] / backbone["throughput_clips_s"]),
+        "adapter_overhead_vs_backbone": _round(1 - r) if (r := ratio(chosen["throughput_clips_s"],
+                                                                      backbone["throughput_clips_s"])) else None,
         # what the overhead would be if the adapters ran at the backbone's FLOP rate
         "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1),
         "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),

@@ -135,6 +135,10 @@ def _print_bench_model(result: dict, path: Path) -> None:
                       show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
                       show(v["train_peak_mem_mib"]))
     console.print(table)
+    for name, v in result["variants"].items():
+        if v["out_of_memory"]:
+            console.print(f"{name}: out of GPU memory in {v['out_of_memory']} at batch {result['batch_size']}",
+                          highlight=False)
     for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
                 "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
         value = result[key]

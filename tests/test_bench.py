@@ -61,3 +61,43 @@ def test_bad_options_are_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("error:") == 3 + (not torch.cuda.is_available()) and err.count("\n") == err.count("error:")
     assert not (tmp_path / "benchmarks").exists()
+
+
+def _running_out_of_memory_in_training_on(impl: str, monkeypatch) -> None:
+    """The training step of `impl`'s variants raises CUDA's out-of-memory error (simulated on CPU)."""
+    real = stadapt.bench.training_step
+
+    def training_step(model, forward, recipe, clips):
+        step = real(model, forward, recipe, clips)
+        if recipe.model.impl != impl:
+            return step
+
+        def out_of_memory() -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return out_of_memory
+
+    monkeypatch.setattr(stadapt.bench, "training_step", training_step)
+
+
+def test_a_reference_path_out_of_memory_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _running_out_of_memory_in_training_on("reference", monkeypatch)
+    assert main(["bench", "model", "--recipe", "demo", "--device", "cpu", "--steps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "reference: out of GPU memory in training at batch 2" in out
+    result = json.loads(next((tmp_path / "benchmarks" / "results").glob("model-demo-*.json")).read_text())
+    reference = result["variants"]["reference"]
+    assert reference["out_of_memory"] == "training" and reference["train_clips_s"] is None
+    assert reference["throughput_clips_s"] > 0  # inference fitted and was measured
+    assert result["train_clips_s"] > 0 and result["train_speedup_vs_reference"] is None
+    assert result["infer_speedup_vs_reference"] > 0
+
+
+def test_a_fast_path_out_of_memory_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _running_out_of_memory_in_training_on("fast", monkeypatch)
+    assert main(["bench", "model", "--recipe", "demo", "--device", "cpu", "--steps", "1", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size 2" in err and "out of GPU memory in training" in err
+    assert not (tmp_path / "benchmarks").exists()
