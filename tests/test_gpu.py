@@ -1,0 +1,92 @@
+"""The fast path on a GPU as training runs it (bf16 frozen weights, bf16 autocast, torch.compile)
+against exact fp32 arithmetic and against the published path (fp16, eager, nn.Conv3d).
+
+Skipped without CUDA, so the default CPU run (CI) does not see it; run on a GPU machine with
+`pytest tests/test_gpu.py`. The CPU tests pin the two paths to 1e-5 in fp32 (test_model.py);
+here the question is whether the precision and the compiler keep them within bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import stadapt
+from stadapt.model.build import set_impl
+from stadapt.model.runtime import autocast, maybe_compile, place_model
+from stadapt.model.video_vit import VideoClassifier
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# Relative L2 error of the logits and of the adapters' gradients against fp32. bf16 keeps 8
+# significant bits (relative rounding 2^-9 ≈ 2e-3 per operation); twelve blocks of matrix
+# products, attention and softmax accumulate to about 1e-2. fp16 keeps 11 bits.
+BF16_TOLERANCE = 3e-2
+FP16_TOLERANCE = 5e-3
+LOSS_SCALE = 1024.0
+
+
+def relative_error(value: torch.Tensor, exact: torch.Tensor) -> float:
+    """‖value − exact‖ / ‖exact‖; an exact zero (the last block's adapters after attention,
+    which never reach the CLS token) must be matched by an exact zero."""
+    return ((value.float() - exact).norm() / exact.norm().clamp_min(1e-30)).item()
+
+
+def randomised(recipe_name: str) -> tuple[VideoClassifier, stadapt.Recipe]:
+    """The recipe's model with random backbone weights and random (non-identity) adapters."""
+    recipe = stadapt.load_recipe(recipe_name, ["model.pretrained=none", "model.dropout=0"])
+    model = stadapt.build_model(recipe)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and "heads" not in name:
+                param.normal_(std=0.02)
+    return model.train(), recipe
+
+
+def logits_and_gradients(model: VideoClassifier, video: torch.Tensor, precision: str,
+                         compile_model: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    device = torch.device("cuda")
+    place_model(model, device, precision)
+    forward = maybe_compile(model, compile_model, device)
+    if compile_model:
+        assert forward is not model
+    with autocast(device, precision):
+        logits = forward(video)
+    # Scaled so that fp16 gradients of the early blocks stay clear of underflow (no GradScaler here).
+    (logits.float().square().mean() * LOSS_SCALE).backward()
+    if compile_model:
+        assert forward.compiled is not None, "torch.compile fell back to eager"
+    grads = {n: p.grad.float() / LOSS_SCALE for n, p in model.named_parameters() if p.requires_grad and "adapters" in n}
+    return logits.detach().float(), grads
+
+
+@pytest.mark.parametrize("recipe_name", ["k400_vitb", "ssv2_vitb"])
+def test_fast_path_on_gpu_is_within_bf16_rounding_of_fp32(recipe_name):
+    torch.manual_seed(0)
+    model, recipe = randomised(recipe_name)
+    video = torch.randn(2, 3, recipe.data.num_frames, recipe.data.crop, recipe.data.crop, device="cuda")
+    reference = copy.deepcopy(model)
+    exact = copy.deepcopy(model)
+
+    set_impl(model, "fast")
+    fast_logits, fast_grads = logits_and_gradients(model, video, "bf16", compile_model=True)
+    set_impl(exact, "fast")
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # exact products
+    try:
+        exact_logits, exact_grads = logits_and_gradients(exact, video, "fp32", compile_model=False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    set_impl(reference, "reference")
+    reference_logits, reference_grads = logits_and_gradients(reference, video, "fp16", compile_model=False)
+
+    errors = {"logits": (relative_error(reference_logits, exact_logits), relative_error(fast_logits, exact_logits))}
+    assert fast_grads.keys() == exact_grads.keys() and len(fast_grads) > 0
+    for name, exact_grad in exact_grads.items():
+        errors[name] = (relative_error(reference_grads[name], exact_grad), relative_error(fast_grads[name], exact_grad))
+    worst = {what: max(errors.items(), key=lambda item: item[1][i]) for i, what in enumerate(("fp16 reference", "bf16 fast"))}
+    print(f"{recipe_name}: largest relative errors against fp32: {worst}")
+    assert errors["logits"][0] < FP16_TOLERANCE and errors["logits"][1] < BF16_TOLERANCE, errors["logits"]
+    for name, (reference_error, fast_error) in errors.items():
+        assert reference_error < FP16_TOLERANCE * 4 and fast_error < BF16_TOLERANCE * 2, (name, errors[name])
