@@ -1,5 +1,6 @@
 """The engine on CPU with tiny real videos: resume, signals, locking, DDP equivalence, eval, predict."""
 
+import itertools
 import json
 import os
 import pickle
@@ -23,6 +24,7 @@ from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_che
 from stadapt.engine.metrics import score, topk_hits
 from stadapt.engine.rundir import LOCK_FILE
 from stadapt.engine.schedule import lr_factor, param_groups
+from stadapt.engine.stream import DevicePrefetcher
 from stadapt.engine.train import TrainingDiverged, train
 from stadapt.errors import CheckpointError, DataError
 from stadapt.fileio import FileLock
@@ -366,3 +368,22 @@ def test_scores_cap_top_k_and_join_heads_into_actions():
     assert result["heads"]["verb"]["top1"] == pytest.approx(2 / 3) and result["heads"]["noun"]["top1"] == 1.0
     assert result["top1"] == pytest.approx(2 / 3)  # both right: videos 0 and 1
     assert result["top5"] == 1.0  # (1, 2) is among video 2's five most probable pairs
+
+
+def _batches(count: int):
+    for i in range(count):
+        yield {"clip": torch.full((2, 3, 4, 8, 8), i, dtype=torch.uint8), "epoch": torch.tensor([0, 0]),
+               "label": {"verb": torch.tensor([i, i]), "noun": torch.tensor([-i, -i])}, "skipped": torch.tensor([0, 0])}
+
+
+def test_prefetching_keeps_the_loader_order_and_takes_each_batch_once():
+    batches = DevicePrefetcher(_batches(4), torch.device("cpu"))
+    first = next(batches)
+    batches.prefetch()
+    batches.prefetch()  # a second call while one batch waits takes nothing more
+    rest = list(itertools.islice(batches, 3))
+    assert [int(b["clip"].flatten()[0]) for b in [first, *rest]] == [0, 1, 2, 3]
+    assert [int(b["label"]["noun"][0]) for b in [first, *rest]] == [0, -1, -2, -3]
+    batches.prefetch()  # nothing left: no error until the next batch is asked for
+    with pytest.raises(StopIteration):
+        next(batches)

@@ -1,5 +1,6 @@
-"""The fast path on a GPU as training runs it (bf16 frozen weights, bf16 autocast, torch.compile)
-against exact fp32 arithmetic and against the published path (fp16, eager, nn.Conv3d).
+"""What only a GPU can check: the fast path as training runs it (bf16 frozen weights, bf16
+autocast, torch.compile) against exact fp32 arithmetic and against the published path (fp16,
+eager, nn.Conv3d); and the training loop's side-stream copies of the next batch.
 
 Skipped without CUDA, so the default CPU run (CI) does not see it; run on a GPU machine with
 `pytest tests/test_gpu.py`. The CPU tests pin the two paths to 1e-5 in fp32 (test_model.py);
@@ -90,3 +91,21 @@ def test_fast_path_on_gpu_is_within_bf16_rounding_of_fp32(recipe_name):
     assert errors["logits"][0] < FP16_TOLERANCE and errors["logits"][1] < BF16_TOLERANCE, errors["logits"]
     for name, (reference_error, fast_error) in errors.items():
         assert reference_error < FP16_TOLERANCE * 4 and fast_error < BF16_TOLERANCE * 2, (name, errors[name])
+
+
+def test_prefetched_batches_arrive_on_the_gpu_intact_and_in_order():
+    """The side-stream copy of DevicePrefetcher, taken while the GPU is busy with other work."""
+    from stadapt.engine.stream import DevicePrefetcher
+
+    cpu = [{"clip": torch.randint(0, 256, (4, 3, 8, 224, 224), dtype=torch.uint8).pin_memory(),
+            "label": {"verb": torch.tensor([i] * 4).pin_memory(), "noun": torch.tensor([-i] * 4).pin_memory()},
+            "epoch": torch.zeros(4, dtype=torch.long)} for i in range(6)]
+    batches = DevicePrefetcher(iter([{**b, "label": dict(b["label"])} for b in cpu]), torch.device("cuda"))
+    busy = torch.randn(4096, 4096, device="cuda")
+    for expected in cpu:
+        batch = next(batches)
+        busy = busy @ busy / 64  # work on the compute stream while the next copy runs
+        batches.prefetch()
+        assert batch["clip"].is_cuda and torch.equal(batch["clip"].cpu(), expected["clip"])
+        assert torch.equal(batch["label"]["noun"].cpu(), expected["label"]["noun"])
+        assert not batch["epoch"].is_cuda  # bookkeeping stays on the host

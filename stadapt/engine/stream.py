@@ -10,6 +10,7 @@ Resuming at (epoch, samples consumed in that epoch) reproduces the stream exactl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from typing import Any, Iterator, Optional
@@ -83,6 +84,60 @@ def train_loader(dataset: Dataset, stream: StepStream, workers: int, pin_memory:
         worker_init_fn=_quiet_worker,
         generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout)
     )
+
+
+class DevicePrefetcher:
+    """Training micro-batches whose clips and labels are already on the device.
+
+    Why: the training step reads its statistics back to the host once per step (to skip a
+    non-finite update and to count skipped videos). Without prefetching, the next batch's
+    wait for the loader and its host-to-device copy would follow that sync, with the GPU
+    idle. `prefetch()`, called while the GPU is still busy with a step, takes the next batch
+    from the loader and starts its copy on a side stream; `next()` then waits for that copy
+    alone. The loader's order is unchanged, and a batch counts as consumed only when `next()`
+    returns it, so checkpoints and `--resume` see the same data position as without it.
+    """
+
+    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
+        self.batches = batches
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._next: Optional[dict[str, Any]] = None
+
+    def prefetch(self) -> None:
+        if self._next is not None:
+            return
+        batch = next(self.batches, None)
+        if batch is None:  # the source ran out (the training stream never does)
+            return
+        on_side = torch.cuda.stream(self.copy_stream) if self.copy_stream is not None else contextlib.nullcontext()
+        with on_side:
+            batch["clip"] = batch["clip"].to(self.device, non_blocking=True)
+            batch["label"] = _map_tensors(batch["label"], lambda t: t.to(self.device, non_blocking=True))
+        self._next = batch
+
+    def __iter__(self) -> "DevicePrefetcher":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self.prefetch()
+        batch, self._next = self._next, None
+        if batch is None:
+            raise StopIteration
+        if self.copy_stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.copy_stream)
+            # The copies were allocated on the side stream; keep them until this stream is done.
+            batch["clip"].record_stream(current)
+            _map_tensors(batch["label"], lambda t: t.record_stream(current))
+        return batch
+
+
+def _map_tensors(labels: torch.Tensor | dict[str, torch.Tensor], fn):
+    """fn over a label tensor, or over each of several label sets (EPIC-Kitchens verb and noun)."""
+    if isinstance(labels, dict):
+        return {name: fn(tensor) for name, tensor in labels.items()}
+    return fn(labels)
 
 
 def eval_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:

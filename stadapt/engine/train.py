@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from stadapt.engine.progress import TrainProgress
 from stadapt.engine.rundir import (MetricsLog, check_resumable, default_run_dir, lock_run_dir, point_latest,
                                    read_metrics, write_recipe)
 from stadapt.engine.schedule import build_optimizer, build_scheduler
-from stadapt.engine.stream import StepStream, train_loader
+from stadapt.engine.stream import DevicePrefetcher, StepStream, train_loader
 from stadapt.errors import DataError, RecipeError, StadaptError
 from stadapt.fileio import FileLock
 from stadapt.model.artifact import ADAPTER_FILE, init_from, load_trainable, save_adapter, trainable_state
@@ -204,7 +204,7 @@ class Trainer:
         progress = TrainProgress(t.steps, self.pos.step, enabled=self.ctx.is_main, console=self.console)
         window = torch.zeros(len(STATS), dtype=torch.float64)
         window_start = time.monotonic()
-        batches = iter(self.loader)
+        batches = DevicePrefetcher(iter(self.loader), self.device)
         signum = None
         try:
             with self.stop:
@@ -234,15 +234,14 @@ class Trainer:
             return self._interrupted(signum)
         return self._finish()
 
-    def _step(self, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+    def _step(self, batches: DevicePrefetcher) -> torch.Tensor:
         """One optimizer step over `accumulation` micro-batches; returns the all-reduced stats."""
         self.net.train()
         stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.device)
         for i in range(self.accumulation):
             batch = next(batches)
             self._advance_position(int(batch["epoch"][0]))
-            clips = batch["clip"].to(self.device, non_blocking=True)
-            labels = _to_device(batch["label"], self.device)
+            clips, labels = batch["clip"], batch["label"]
             x = normalize(clips, self.model.image_mean, self.model.image_std)
             last = i == self.accumulation - 1
             sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
@@ -252,6 +251,7 @@ class Trainer:
                 loss = classification_loss(logits, labels)
                 scaled = loss / self.accumulation
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            batches.prefetch()  # the next micro-batch's copy overlaps this one's work
             n = clips.shape[0]
             loss = loss.detach()
             stats[0] += torch.nan_to_num(loss.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
@@ -378,12 +378,6 @@ class Trainer:
                      f"{CHECKPOINT_FILE}")
         distributed.barrier(self.ctx)
         return TrainResult(self.run_dir, self.pos.step, completed=True, report=report)
-
-
-def _to_device(labels: torch.Tensor | dict[str, torch.Tensor], device: torch.device):
-    if isinstance(labels, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in labels.items()}
-    return labels.to(device, non_blocking=True)
 
 
 def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = None, resume: bool = False,
