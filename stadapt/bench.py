@@ -371,12 +371,15 @@ def write_result(result: dict, out: Optional[str | Path] = None) -> Path:
 # A finished (or running) training run, end to end
 
 
-def bench_run(run_dir: Path, skip: int = 1, model_result: Optional[Path] = None) -> dict:
+def bench_run(run_dir: Path, skip: int = 1, model_result: Optional[Path] = None,
+              baseline: Optional[Path] = None) -> dict:
     """Steady-state training throughput of a `stadapt train` run, loader included.
 
     The median clips/s of the logged windows after the first `skip` ones (compilation and
-    warm-up). With the JSON of `stadapt bench model` for the same recipe and batch, the
-    ratio says whether the data pipeline keeps up with the model.
+    warm-up), for all processes together. With the JSON of `stadapt bench model` for the
+    same recipe and per-process batch, the ratio says whether the data pipeline keeps up with
+    the model; with the JSON of this command for a one-process run (`baseline`), the scaling
+    efficiency says what the extra processes bought: clips/s per process over the baseline's.
     """
     import statistics
 
@@ -391,31 +394,52 @@ def bench_run(run_dir: Path, skip: int = 1, model_result: Optional[Path] = None)
                                   source=str(run_dir / "recipe.yaml"))
     except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
         raise StadaptError(f"{run_dir}: not a readable run directory ({exc})") from None
-    windows = [e["clips_per_s"] for e in entries if "clips_per_s" in e]
-    if len(windows) <= skip:
-        raise StadaptError(f"{metrics}: {len(windows)} logged windows, need more than --skip {skip}")
-    clips_per_s = statistics.median(windows[skip:])
+    logged = [e for e in entries if "clips_per_s" in e]
+    if len(logged) <= skip:
+        raise StadaptError(f"{metrics}: {len(logged)} logged windows, need more than --skip {skip}")
+    clips_per_s = statistics.median(e["clips_per_s"] for e in logged[skip:])
+    world_size = logged[-1].get("world_size", 1)  # runs logged before world_size was recorded ran one process
+    per_process = clips_per_s / world_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
         "benchmark": "run",
         "run_dir": str(run_dir),
         "recipe": recipe.to_dict(),
         "batch_size": recipe.train.batch_size,
+        "world_size": world_size,
         "steps_logged": entries[-1].get("step"),
-        "windows_used": len(windows) - skip,
+        "windows_used": len(logged) - skip,
         "clips_per_s": _round(clips_per_s),
+        "clips_per_s_per_process": _round(per_process),
         "projected_gpu_hours_full_schedule": None,
         "model_only_train_clips_s": None,
         "end_to_end_vs_model_only": None,
+        "baseline_clips_per_s_per_process": None,
+        "scaling_efficiency": None,
         "device": device.type,
         "device_name": device_name(device),
         "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__, "cuda": torch.version.cuda},
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     if model_result is not None:
-        model = json.loads(Path(model_result).read_text(encoding="utf-8"))
+        model = _read_result(model_result, "train_clips_s")
         result["model_only_train_clips_s"] = model["train_clips_s"]
-        result["end_to_end_vs_model_only"] = ratio(clips_per_s, model["train_clips_s"])
+        result["end_to_end_vs_model_only"] = ratio(per_process, model["train_clips_s"])
         full = copy.deepcopy(model["resolved_recipe"]["train"])
-        result["projected_gpu_hours_full_schedule"] = _round(full["steps"] * full["batch_size"] / clips_per_s / 3600)
+        result["projected_gpu_hours_full_schedule"] = _round(full["steps"] * full["batch_size"] / per_process / 3600)
+    if baseline is not None:
+        base = _read_result(baseline, "clips_per_s_per_process")
+        result["baseline_clips_per_s_per_process"] = base["clips_per_s_per_process"]
+        result["scaling_efficiency"] = ratio(per_process, base["clips_per_s_per_process"])
+    return result
+
+
+def _read_result(path: Path, key: str) -> dict:
+    """A benchmark JSON that must hold `key`; a one-line error otherwise."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StadaptError(f"{path}: not a readable benchmark result ({exc})") from None
+    if not isinstance(result, dict) or result.get(key) is None:
+        raise StadaptError(f"{path}: no {key!r} in it; is it the right kind of benchmark result?")
     return result

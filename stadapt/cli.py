@@ -175,14 +175,15 @@ def convert_official_command(
 def bench_run_command(
     run_dir: Path = typer.Argument(..., help="a run directory of stadapt train"),
     skip: int = typer.Option(1, "--skip", min=0, help="logged windows to leave out (compilation, warm-up)"),
-    model_result: Optional[Path] = typer.Option(None, "--model-result", help="JSON of stadapt bench model, same recipe and batch"),
+    model_result: Optional[Path] = typer.Option(None, "--model-result", help="JSON of stadapt bench model, same recipe and batch per process"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="JSON of stadapt bench run for the same recipe on one process, for the scaling efficiency"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/run-...json]"),
 ) -> None:
-    """End-to-end training throughput of a run (loader included), against the model alone."""
+    """End-to-end training throughput of a run (loader included), against the model alone or one process."""
     from stadapt.bench import bench_run
 
-    result = bench_run(run_dir, skip, model_result)
+    result = bench_run(run_dir, skip, model_result, baseline)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or Path("benchmarks/results") / f"run-{run_dir.name}-{result['device']}-{stamp}.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
@@ -190,8 +191,9 @@ def bench_run_command(
         print(json.dumps(result))
         return
     table = Table("metric", "value", title=f"training run {run_dir} on {result['device_name']}")
-    for key in ("clips_per_s", "windows_used", "model_only_train_clips_s", "end_to_end_vs_model_only",
-                "projected_gpu_hours_full_schedule"):
+    for key in ("world_size", "clips_per_s", "clips_per_s_per_process", "windows_used", "model_only_train_clips_s",
+                "end_to_end_vs_model_only", "projected_gpu_hours_full_schedule", "baseline_clips_per_s_per_process",
+                "scaling_efficiency"):
         table.add_row(key, "-" if result[key] is None else str(result[key]))
     console.print(table)
     console.print(f"saved {out}", highlight=False)

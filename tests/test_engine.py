@@ -277,6 +277,19 @@ def test_two_processes_train_and_evaluate_like_one(recipe_file, tmp_path, monkey
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=f"{other}: {name}")
 
+    # bench run: the two-process run's throughput per process against the one-process run's
+    assert main(["bench", "run", "one", "--skip", "1", "--json", "--out", "one.json"]) == 0
+    assert main(["bench", "run", "two", "--skip", "1", "--baseline", "one.json", "--out", "two.json"]) == 0
+    single, double = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert (single["world_size"], double["world_size"]) == (1, 2) and double["windows_used"] == 3
+    logged = [json.loads(line)["clips_per_s"] for line in (tmp_path / "two/metrics.jsonl").read_text().splitlines()
+              if "clips_per_s" in line]
+    assert double["clips_per_s"] == round(sorted(logged[1:])[1], 4)  # the median of the windows after the first
+    assert double["clips_per_s_per_process"] == pytest.approx(double["clips_per_s"] / 2, abs=1e-4)
+    assert double["scaling_efficiency"] == pytest.approx(double["clips_per_s_per_process"] / single["clips_per_s"],
+                                                         abs=1e-4)
+    assert main(["bench", "run", "two", "--baseline", "two/recipe.yaml"]) == 2  # not a benchmark result
+
     evaluated = torchrun("eval", "one", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     by_two = json.loads((tmp_path / "one/eval-val.json").read_text())

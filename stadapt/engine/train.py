@@ -312,7 +312,8 @@ class Trainer:
             "loss": float(window[0]) / clips,
             "lr": self._lr_of_last_step(),
             "top1": float(window[1]) / clips,
-            "clips_per_s": clips / elapsed,
+            "clips_per_s": clips / elapsed,  # all processes together
+            "world_size": self.ctx.world_size,
             "skipped": int(window[3]),
         }
         if self.log is not None:
