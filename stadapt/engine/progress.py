@@ -31,8 +31,10 @@ class TrainProgress:
         self.live = enabled and self.console.is_terminal
         self._bar: Optional[Progress] = None
         self._task = None
-        self._started = time.monotonic()
-        self._start_step = start_step
+        # The ETA's basis: the start, then the end of the first logged window, so that the
+        # minute torch.compile takes before the first step does not inflate it for the rest.
+        self._basis = (time.monotonic(), start_step)
+        self._first_window_done = False
         if self.live:
             self._bar = Progress(
                 TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
@@ -40,11 +42,20 @@ class TrainProgress:
             self._task = self._bar.add_task("train", total=total_steps, completed=start_step, stats="")
             self._bar.start()
 
-    def eta(self, step: int) -> float:
-        done = step - self._start_step
+    def eta(self, step: int, now: Optional[float] = None) -> float:
+        """Seconds left at the average pace since the basis (evaluations included)."""
+        started, start_step = self._basis
+        done = step - start_step
         if done <= 0:
             return 0.0
-        return (time.monotonic() - self._started) / done * (self.total - step)
+        now = time.monotonic() if now is None else now
+        return (now - started) / done * (self.total - step)
+
+    def _windowed(self, step: int, now: float) -> None:
+        """After the first logged window, measure the pace from there on."""
+        if not self._first_window_done:
+            self._first_window_done = True
+            self._basis = (now, step)
 
     def advance(self, step: int, stats: Optional[dict[str, float]] = None) -> None:
         """Move to `step`; with `stats` (a log step) also show loss, top-1, lr and speed."""
@@ -52,8 +63,10 @@ class TrainProgress:
             return
         text = None
         if stats is not None:
+            now = time.monotonic()
             text = (f"loss {stats['loss']:.4f}  top-1 {100 * stats['top1']:5.1f}%  lr {stats['lr']:.2e}  "
-                    f"{stats['clips_per_s']:.1f} clips/s  ETA {format_duration(self.eta(step))}")
+                    f"{stats['clips_per_s']:.1f} clips/s  ETA {format_duration(self.eta(step, now))}")
+            self._windowed(step, now)
         if self._bar is not None:
             fields = {"stats": text} if text is not None else {}
             self._bar.update(self._task, completed=step, **fields)
