@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -249,6 +250,31 @@ def test_too_many_unreadable_training_videos_stop_the_run(data_root, recipe_file
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="could not be read in epoch 0, more than data.max_bad_fraction"):
         train(str(recipe_file), [f"data.root={root}", "data.max_bad_fraction=0.1", "train.batch_size=10"], out="run")
+
+
+def test_training_workers_stop_when_the_loop_ends(recipe_file, tmp_path, monkeypatch):
+    """The final evaluation gets the CPUs: no training loader worker outlives the last step."""
+    alive_at_final_eval = []
+    evaluate = train_module.evaluate_model
+
+    def record_then_evaluate(*args, **kwargs):
+        if "run_dir" in kwargs:  # the final evaluation
+            alive_at_final_eval.extend(multiprocessing.active_children())
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_model", record_then_evaluate)
+    monkeypatch.chdir(tmp_path)
+    workers_seen = []
+    stream_iter = train_module.DevicePrefetcher.__next__
+
+    def next_and_count(self):
+        workers_seen.append(len(multiprocessing.active_children()))
+        return stream_iter(self)
+
+    monkeypatch.setattr(train_module.DevicePrefetcher, "__next__", next_and_count)
+    train(str(recipe_file), ["train.workers=2", "train.steps=3"], out="run")
+    assert max(workers_seen) == 2  # the loader did run its two workers
+    assert alive_at_final_eval == []
 
 
 # -- distributed ----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Training is counted in steps, not epochs, so the stream runs epoch after epoch: 
 is a DistributedSampler permutation (seeded by train.seed and the epoch, the same for any
 number of ranks) sharded over the ranks and cut into micro-batches, the last partial one
 dropped. Every key is (epoch, index), so a DataLoader worker sets the dataset's epoch
-itself and augmentations stay a function of (seed, epoch, index) with persistent workers.
+itself and augmentations stay a function of (seed, epoch, index) across epochs, with one
+set of workers for the whole run.
 Resuming at (epoch, samples consumed in that epoch) reproduces the stream exactly.
 """
 
@@ -78,9 +79,12 @@ def _quiet_worker(_: int) -> None:
 
 
 def train_loader(dataset: Dataset, stream: StepStream, workers: int, pin_memory: bool) -> DataLoader:
+    """The stream is endless, so one iterator serves the whole run and its workers live as long
+    as it does: no `persistent_workers`, whose cached iterator outlives the run and, with pinned
+    memory, makes the process wait for its workers at exit (pytorch/pytorch#81794)."""
     return DataLoader(
         EpochView(dataset), batch_sampler=stream, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_quiet_worker,
         generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (dropout)
     )
@@ -115,6 +119,11 @@ class DevicePrefetcher:
             batch["clip"] = batch["clip"].to(self.device, non_blocking=True)
             batch["label"] = _map_tensors(batch["label"], lambda t: t.to(self.device, non_blocking=True))
         self._next = batch
+
+    def close(self) -> None:
+        """Drop the loader's iterator, which stops its worker processes now, not at exit."""
+        self.batches = iter(())
+        self._next = None
 
     def __iter__(self) -> "DevicePrefetcher":
         return self

@@ -230,6 +230,7 @@ class Trainer:
                         self.save()
         finally:
             progress.close()
+            batches.close()  # the workers' CPUs and shared memory go to the evaluation that follows
         if signum is not None:
             return self._interrupted(signum)
         return self._finish()
