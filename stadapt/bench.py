@@ -4,8 +4,9 @@ Timings drift between machines and runs, so one run measures three variants side
 and reports ratios between them (docs/performance.md):
 - the chosen path, from the recipe as given (by default the fast path: `model.impl=fast`,
   frozen weights in bf16, `train.compile` on CUDA);
-- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d),
-  fp16 weights and autocast with a GradScaler, no compilation;
+- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d,
+  packed-qkv attention, every block in full), fp16 weights and autocast with a GradScaler,
+  no compilation;
 - the frozen backbone alone (`method=linear_probe`) on the chosen path, inference only.
 Every variant is built with `build_model`, placed with `stadapt.model.runtime`, with
 random weights, and goes through the same measuring function.

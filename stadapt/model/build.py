@@ -84,8 +84,8 @@ def set_trainable(model: VideoClassifier, method: str) -> None:
 
 
 def set_impl(model: VideoClassifier, impl: str) -> None:
-    """Switch patch embedding, attention and every adapter between the `fast` and `reference`
-    paths (same weights)."""
+    """Switch patch embedding, the last block and every adapter between the `fast` and
+    `reference` paths (same weights)."""
     model.impl = impl
     for module in model.modules():
         if isinstance(module, (STAdapter, PatchEmbedding)):

@@ -8,10 +8,10 @@ What the fast path does, each bought by measurement (benchmarks/results/, README
   partitioner saves less for backward); if compilation fails the model runs eagerly,
   with one warning.
 The model itself contributes the rest of the fast path (`model.impl = "fast"`): the
-adapter's time-shifted sums, the patch embedding as one matrix product, packed-qkv
-attention and the CLS-only last block (stadapt.model.adapter, stadapt.model.video_vit).
+adapter's time-shifted sums, the patch embedding as one matrix product and the CLS-only
+last block (stadapt.model.adapter, stadapt.model.video_vit).
 The reference path is the public ST-Adapter code's: frozen weights in fp16, fp16 autocast
-with a GradScaler, depth-wise nn.Conv3d adapters, every block in full, no compilation.
+with a GradScaler, depth-wise nn.Conv3d adapters, packed-qkv attention as it computes it, every block in full, no compilation.
 The CPU always runs fp32: CPU bf16 is slow, and the tests pin fp32 results.
 """
 

@@ -36,18 +36,19 @@ class AdaptedBlock(nn.Module):
 
 
 def run_block(blk: nn.Module, adapters: Mapping[str, STAdapter], x: torch.Tensor, num_frames: int,
-              packed: bool, cls_only: bool = False) -> torch.Tensor:
+              fast: bool, cls_only: bool = False) -> torch.Tensor:
     """One open_clip residual block (pre-norm attention, then MLP) with `adapters` at their positions.
 
-    `packed` runs attention through `packed_attention` where the block allows it. `cls_only`
-    returns only the CLS token's output (B·T×1×d), which is all the head reads after the last
-    block; on the packed path it is computed alone: the CLS query attends over every token and
-    the MLP runs on one token instead of all, and the adapters after attention are skipped
-    because they leave the CLS token as it is. That saves most of a block's work.
+    Attention runs through `packed_attention` wherever the block allows it, on both paths:
+    the published ST-Adapter code computes it that way too. `cls_only` returns only the CLS
+    token's output (B·T×1×d), which is all the head reads after the last block; on the `fast`
+    path it is computed alone: the CLS query attends over every token and the MLP runs on one
+    token instead of all, and the adapters after attention are skipped because they leave the
+    CLS token as it is. That saves most of a block's work.
     """
     if "before_attn" in adapters:
         x = adapters["before_attn"](x, num_frames)
-    if cls_only and packed and _packable(blk):
+    if cls_only and fast and _packable(blk):
         x = x[:, :1] + blk.ls_1(packed_attention(blk.attn, blk.ln_1(x), num_queries=1))
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         skipped = [p for pos, adapter in adapters.items() if pos != "before_attn"
@@ -59,7 +60,7 @@ def run_block(blk: nn.Module, adapters: Mapping[str, STAdapter], x: torch.Tensor
             # reference path does.
             x = x + 0 * sum(p.sum() for p in skipped).to(x.dtype)
         return x
-    x = x + blk.ls_1(_attention(blk, blk.ln_1(x), packed))
+    x = x + blk.ls_1(_attention(blk, blk.ln_1(x)))
     if "after_attn" in adapters:
         x = adapters["after_attn"](x, num_frames)
     x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
@@ -68,8 +69,8 @@ def run_block(blk: nn.Module, adapters: Mapping[str, STAdapter], x: torch.Tensor
     return x[:, :1] if cls_only else x
 
 
-def _attention(blk: nn.Module, x: torch.Tensor, packed: bool) -> torch.Tensor:
-    if packed and _packable(blk):
+def _attention(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if _packable(blk):
         return packed_attention(blk.attn, x)
     if hasattr(blk, "attention"):  # open_clip ResidualAttentionBlock (nn.MultiheadAttention)
         return blk.attention(q_x=x)
@@ -87,8 +88,9 @@ def packed_attention(attn: nn.MultiheadAttention, x: torch.Tensor, num_queries: 
     """Self-attention of batch-first tokens with `attn`'s own weights, the function it computes.
 
     Why: nn.MultiheadAttention transposes to sequence-first and copies q, k, v and the output
-    between layouts around its kernel. Here one packed qkv product is viewed as B×heads×N×d_head q, k and v, which the flash
-    kernel takes as they are, and only the output is made contiguous once for `out_proj`.
+    between layouts around its kernel. Here, as in the published ST-Adapter code, one packed
+    qkv product is viewed as B×heads×N×d_head q, k and v, which the flash kernel takes as they
+    are, and only the output is made contiguous once for `out_proj`.
     With `num_queries`, only the first tokens ask (their outputs are returned), all answer.
     """
     batch, tokens, dim = x.shape
@@ -191,7 +193,7 @@ class VideoClassifier(nn.Module):
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         self.grad_checkpointing = False
-        self.impl = "fast"  # "reference": open_clip's convolution and nn.MultiheadAttention calls, as published
+        self.impl = "fast"  # "reference": as published: patch convolution, nn.Conv3d adapters, every block in full
         # Set by the builder; read by data transforms and artifacts.
         self.image_mean: Sequence[float] = (0.5, 0.5, 0.5)
         self.image_std: Sequence[float] = (0.5, 0.5, 0.5)
@@ -228,8 +230,8 @@ class VideoClassifier(nn.Module):
         return self.dropout(self.visual.ln_post(pooled))
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, num_frames: int, cls_only: bool = False) -> torch.Tensor:
-        # Every block, adapted or not, runs through run_block, so that the fast path's attention
-        # also serves the frozen backbone alone (linear probe, the benchmark's baseline).
+        # Every block, adapted or not, runs through run_block, so that the same attention and
+        # last-block shortcut serve the frozen backbone alone (linear probe, the benchmark's baseline).
         blk, adapters = (block.block, block.adapters) if isinstance(block, AdaptedBlock) else (block, {})
         args = (blk, adapters, x, num_frames, self.impl == "fast", cls_only)
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
