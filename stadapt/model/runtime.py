@@ -11,7 +11,8 @@ The model itself contributes the rest of the fast path (`model.impl = "fast"`): 
 adapter's time-shifted sums, the patch embedding as one matrix product and the CLS-only
 last block (stadapt.model.adapter, stadapt.model.video_vit).
 The reference path is the public ST-Adapter code's: frozen weights in fp16, fp16 autocast
-with a GradScaler, depth-wise nn.Conv3d adapters, packed-qkv attention as it computes it, every block in full, no compilation.
+with a GradScaler, depth-wise nn.Conv3d adapters, attention as one packed qkv product (as
+that code computes it), every block in full, no compilation.
 The CPU always runs fp32: CPU bf16 is slow, and the tests pin fp32 results.
 """
 
