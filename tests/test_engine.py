@@ -254,12 +254,13 @@ def test_too_many_unreadable_training_videos_stop_the_run(data_root, recipe_file
 
 def test_training_workers_stop_when_the_loop_ends(recipe_file, tmp_path, monkeypatch):
     """The final evaluation gets the CPUs: no training loader worker outlives the last step."""
+    earlier = set(multiprocessing.active_children())  # children of other tests, if any
     alive_at_final_eval = []
     evaluate = train_module.evaluate_model
 
     def record_then_evaluate(*args, **kwargs):
         if "run_dir" in kwargs:  # the final evaluation
-            alive_at_final_eval.extend(multiprocessing.active_children())
+            alive_at_final_eval.extend(set(multiprocessing.active_children()) - earlier)
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_model", record_then_evaluate)
@@ -268,7 +269,7 @@ def test_training_workers_stop_when_the_loop_ends(recipe_file, tmp_path, monkeyp
     stream_iter = train_module.DevicePrefetcher.__next__
 
     def next_and_count(self):
-        workers_seen.append(len(multiprocessing.active_children()))
+        workers_seen.append(len(set(multiprocessing.active_children()) - earlier))
         return stream_iter(self)
 
     monkeypatch.setattr(train_module.DevicePrefetcher, "__next__", next_and_count)
