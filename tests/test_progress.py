@@ -4,9 +4,14 @@ from stadapt.engine import progress as progress_module
 from stadapt.engine.progress import TrainProgress, format_duration
 
 
+def fake_clock(monkeypatch, *readings: float) -> None:
+    """time.monotonic gives `readings` in turn, then keeps the last one."""
+    left = list(readings)
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: left.pop(0) if len(left) > 1 else left[0])
+
+
 def test_eta_is_paced_from_the_first_logged_window(monkeypatch, capsys):
-    clock = iter([0.0, 60.0, 61.0])  # start; step 10 after a 60 s compile; step 20 one second later
-    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    fake_clock(monkeypatch, 0.0, 60.0, 61.0)  # start; step 10 after a 60 s compile; step 20 one second later
     bar = TrainProgress(total_steps=1010, start_step=0)
     stats = {"loss": 1.0, "top1": 0.5, "lr": 1e-3, "clips_per_s": 320.0}
     bar.advance(10, stats)
@@ -18,8 +23,7 @@ def test_eta_is_paced_from_the_first_logged_window(monkeypatch, capsys):
 
 
 def test_a_resumed_run_counts_from_where_it_resumed(monkeypatch, capsys):
-    clock = iter([0.0, 10.0])
-    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    fake_clock(monkeypatch, 0.0, 10.0)
     bar = TrainProgress(total_steps=200, start_step=100)
     bar.advance(110, {"loss": 1.0, "top1": 0.5, "lr": 1e-3, "clips_per_s": 32.0})
     assert capsys.readouterr().out.strip().endswith("ETA 0:01:30")  # 1 s a step, 90 steps left
