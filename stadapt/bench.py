@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import open_clip
 import torch
@@ -130,10 +130,20 @@ def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
 def forward_flops(model: VideoClassifier, recipe: Recipe, device: torch.device, precision: str,
                   impl: str) -> float:
     """GFLOPs of one view's forward pass on the `impl` path."""
+    return sum(forward_flops_by_kind(model, recipe, device, precision, impl).values())
+
+
+def forward_flops_by_kind(model: VideoClassifier, recipe: Recipe, device: torch.device, precision: str,
+                          impl: str) -> dict[str, float]:
+    """GFLOPs of one view's forward pass: {"attention": the batched products of attention,
+    "matrix products": the rest (projections, MLPs, adapters, patch embedding)}."""
     set_impl(model, impl)
     with torch.no_grad(), autocast(device, precision), countable_attention(), FlopCounterMode(display=False) as counter:
         model(random_clips(recipe, 1, device))
-    return round(counter.get_total_flops() / 1e9, 3)
+    by_op = counter.get_flop_counts()["Global"]
+    attention = sum(flops for op, flops in by_op.items() if str(op) in ("aten.bmm", "aten.baddbmm"))
+    return {"matrix products": round((counter.get_total_flops() - attention) / 1e9, 3),
+            "attention": round(attention / 1e9, 3)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,6 +190,68 @@ def peak_memory_mib(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
+# ---------------------------------------------------------------------------------------
+# Where the time goes (--profile)
+
+KINDS = ("matrix products", "attention", "element-wise", "other")
+PROFILED_STEPS = 3
+
+
+def kernel_kind(name: str) -> str:
+    """One of KINDS for a CUDA kernel or a CPU aten op, by its name.
+
+    Element-wise covers everything memory-bound: the compiler's fused kernels (LayerNorm,
+    QuickGELU, residual adds, the adapter's time shifts), copies and reductions. Other is
+    memory transfers and fills and the optimiser.
+    """
+    n = name.lower()
+    if any(k in n for k in ("attention", "flash", "fmha", "sdpa", "cudnn::fusion")):
+        return "attention"
+    if any(k in n for k in ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "convolution",
+                            "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")):
+        return "matrix products"
+    if any(k in n for k in ("memcpy", "memset", "multi_tensor_apply", "adam")):
+        return "other"
+    return "element-wise"
+
+
+def time_by_kind(step: Callable[[], None], device: torch.device) -> dict[str, float]:
+    """Milliseconds per call of `step` in each of KINDS, from torch.profiler: the kernels' time
+    on a GPU, the aten ops' own time on the CPU. Gaps between kernels are not counted."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+        synchronize(device)
+    ms = dict.fromkeys(KINDS, 0.0)
+    for event in prof.key_averages():
+        if on_gpu:
+            ms[kernel_kind(event.key)] += event.self_device_time_total / 1e3 / PROFILED_STEPS
+        elif event.key.startswith("aten::"):
+            ms[kernel_kind(event.key)] += event.self_cpu_time_total / 1e3 / PROFILED_STEPS
+    return {kind: round(value, 3) for kind, value in ms.items()}
+
+
+def profile_summary(figures: dict, flops: dict[str, float], batch_size: int) -> dict[str, dict[str, Optional[float]]]:
+    """Per phase: milliseconds by kind, the matrix products' rate (inference, where the forward
+    FLOPs are known) and the clips/s the step would reach if only the matrix products and
+    attention took time: the ceiling that fusing element-wise work could approach."""
+    summary = {}
+    for phase in ("inference", "training"):
+        ms = figures.get(f"{phase}_ms_by_kind")
+        if not ms:
+            continue
+        compute = ms["matrix products"] + ms["attention"]
+        products_tflops = None
+        if phase == "inference" and ms["matrix products"] > 0:
+            products_tflops = round(flops["matrix products"] * batch_size / ms["matrix products"], 1)  # GFLOP/ms = TFLOP/s
+        summary[phase] = {**ms, "total": round(sum(ms.values()), 3), "matrix_products_tflops": products_tflops,
+                          "clips_s_if_only_products_and_attention": round(batch_size / compute * 1e3, 1) if compute else None}
+    return summary
+
+
 def inference_step(forward: Callable, clips: torch.Tensor, precision: str) -> Callable[[], None]:
     def step() -> None:
         with torch.no_grad(), autocast(clips.device, precision):
@@ -211,14 +283,17 @@ def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
     return step
 
 
-def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str, Optional[float]]:
-    """Everything measured for one variant: cost, latency, throughput, training, memory."""
+def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bool = False) -> dict[str, Any]:
+    """Everything measured for one variant: cost, latency, throughput, training, memory; with
+    `profile`, also where the inference and training steps spend their time (time_by_kind)."""
     model = build_model(recipe)
     check_input_size(model, recipe)
     place_model(model, settings.device, recipe.train.precision)
     precision = recipe.train.precision
     dtype = compute_dtype(settings.device, precision)
-    figures: dict[str, Optional[float]] = dict(model_cost(model, recipe, settings.device, precision))
+    figures: dict[str, Any] = dict(model_cost(model, recipe, settings.device, precision))
+    if profile:
+        figures["forward_gflops_by_kind"] = forward_flops_by_kind(model, recipe, settings.device, precision, model.impl)
     forward = maybe_compile(model, recipe.train.compile, settings.device)
     figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
     figures.update(latency_ms=None, latency_steps=None, throughput_clips_s=None, infer_step_ms=None,
@@ -238,12 +313,17 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool) -> dict[str
             infer, infer_steps = latency, latency_steps  # batch 1: the latency run is the throughput run
         figures.update(throughput_clips_s=round(settings.batch_size / infer, 3), infer_step_ms=round(infer * 1e3, 3),
                        infer_steps=infer_steps, infer_peak_mem_mib=peak_memory_mib(settings.device))
+        if profile:
+            figures["inference_ms_by_kind"] = time_by_kind(inference_step(forward, batch, precision), settings.device)
         if train:
             model.train()
             reset_peak_memory(settings.device)
-            step, train_steps = seconds_per_step(training_step(model, forward, recipe, batch), settings)
+            train_step = training_step(model, forward, recipe, batch)
+            step, train_steps = seconds_per_step(train_step, settings)
             figures.update(train_clips_s=round(settings.batch_size / step, 3), train_step_ms=round(step * 1e3, 3),
                            train_steps=train_steps, train_peak_mem_mib=peak_memory_mib(settings.device))
+            if profile:
+                figures["training_ms_by_kind"] = time_by_kind(train_step, settings.device)
     except torch.OutOfMemoryError:
         # A larger batch than the reference path can hold is a result, not a failure: the
         # variant's remaining figures stay empty and the run goes on.
@@ -281,8 +361,12 @@ def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]
 
 def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Optional[str] = None,
                 batch_size: Optional[int] = None, steps: Optional[int] = None,
-                warmup: Optional[int] = None) -> dict:
-    """Measure the recipe's model (random weights) and return the result as a JSON-ready dict."""
+                warmup: Optional[int] = None, profile: bool = False) -> dict:
+    """Measure the recipe's model (random weights) and return the result as a JSON-ready dict.
+
+    With `profile`, the chosen path's steps are also profiled (after timing, so the profiler
+    does not slow the timed steps): the result's `time_by_kind`.
+    """
     if impl not in IMPLS:
         raise StadaptError(f"--impl {impl!r}: expected one of {', '.join(IMPLS)}")
     recipe = copy.deepcopy(recipe)
@@ -292,7 +376,7 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
     torch.manual_seed(recipe.train.seed)
     variants = {}
     for name, (variant, train) in variant_recipes(recipe, impl).items():
-        variants[name] = measure_variant(variant, settings, train)
+        variants[name] = measure_variant(variant, settings, train, profile=profile and name == impl)
         release_memory(settings.device)
         if name == impl and variants[name]["out_of_memory"]:
             raise StadaptError(f"--batch-size {settings.batch_size}: {recipe_name} runs out of GPU memory in "
@@ -328,6 +412,8 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         # what the overhead would be if the adapters ran at the backbone's FLOP rate
         "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1),
         "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
+        **({"time_by_kind": profile_summary(chosen, chosen["forward_gflops_by_kind"], settings.batch_size)}
+           if profile else {}),
         "variants": variants,
         "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__,
                      "open_clip": open_clip.__version__, "cuda": torch.version.cuda},

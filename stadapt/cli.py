@@ -100,6 +100,7 @@ def bench_model_command(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up steps [default: 5 on cuda, 1 on cpu]"),
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
+    profile: bool = typer.Option(False, "--profile", help="also show where the chosen path's step time goes (torch.profiler)"),
 ) -> None:
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
     import json
@@ -110,7 +111,7 @@ def bench_model_command(
     from stadapt.bench import bench_model, write_result
 
     result = bench_model(loaded, recipe, impl=impl, device=device,
-                         batch_size=batch_size, steps=steps, warmup=warmup)
+                         batch_size=batch_size, steps=steps, warmup=warmup, profile=profile)
     path = write_result(result, out)
     if json_output:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -143,7 +144,24 @@ def _print_bench_model(result: dict, path: Path) -> None:
                 "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
         value = result[key]
         console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    if "time_by_kind" in result:
+        _print_time_by_kind(result)
     console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
+
+
+def _print_time_by_kind(result: dict) -> None:
+    from stadapt.bench import KINDS, PROFILED_STEPS
+
+    table = Table("phase", *(f"{kind} ms" for kind in KINDS), "total ms", "products TFLOP/s",
+                  "clips/s if only products + attention",
+                  title=f"where the {result['impl']} path's step time goes",
+                  caption=f"torch.profiler over {PROFILED_STEPS} steps: kernel time on a GPU, op time on a CPU")
+    for phase, t in result["time_by_kind"].items():
+        rate = t["matrix_products_tflops"]
+        ceiling = t["clips_s_if_only_products_and_attention"]
+        table.add_row(phase, *(f"{t[kind]:,.2f}" for kind in KINDS), f"{t['total']:,.2f}",
+                      "-" if rate is None else f"{rate:,.1f}", "-" if ceiling is None else f"{ceiling:,.1f}")
+    console.print(table)
 
 
 @convert_app.command("official")

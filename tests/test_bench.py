@@ -44,6 +44,46 @@ def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
     assert len(written) == 1 and json.loads(written[0].read_text()) == result
 
 
+def test_profile_splits_each_step_by_kind_of_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["bench", "model", "--recipe", "demo", "--device", "cpu", "--steps", "2", "--warmup", "1",
+                 "--profile", "--out", "profiled.json"])
+    out = capsys.readouterr().out
+    assert code == 0 and "where the fast path's step time goes" in out
+    result = json.loads((tmp_path / "profiled.json").read_text())
+    fast = result["variants"]["fast"]
+    flops = fast["forward_gflops_by_kind"]
+    assert flops["attention"] > 0 and sum(flops.values()) == pytest.approx(fast["executed_gflops_per_view"], abs=1e-3)
+    assert "training_ms_by_kind" not in result["variants"]["reference"]  # only the chosen path is profiled
+    for phase, measured_clips_s in (("inference", fast["throughput_clips_s"]), ("training", fast["train_clips_s"])):
+        times = result["time_by_kind"][phase]
+        assert times["matrix products"] > 0 and times["attention"] > 0 and times["element-wise"] > 0
+        kinds = [times[k] for k in ("matrix products", "attention", "element-wise", "other")]
+        assert times["total"] == pytest.approx(sum(kinds), abs=2e-3)
+        # the ceiling leaves out the element-wise work, so it lies above what the whole step reached
+        assert times["clips_s_if_only_products_and_attention"] > measured_clips_s
+    assert result["time_by_kind"]["inference"]["matrix_products_tflops"] > 0
+    assert result["time_by_kind"]["training"]["matrix_products_tflops"] is None
+
+
+@pytest.mark.parametrize("kernel, kind", [
+    # names from a profile of the compiled K400 ViT-B/16 training step on an H100
+    ("nvjet_sm90_tst_192x192_64x4_1x2_h_bz_coopB_bias_TNN", "matrix products"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float>", "matrix products"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1", "attention"),
+    ("void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*, void const*)", "attention"),
+    ("triton_poi_fused_add_mul_sigmoid_sigmoid_backward_view_19", "element-wise"),
+    ("triton_poi_fused_clone_permute_stack_21", "element-wise"),
+    ("Memset (Device)", "other"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", "other"),
+    ("aten::addmm", "matrix products"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("aten::native_layer_norm", "element-wise"),
+])
+def test_kernels_are_sorted_by_kind_of_work(kernel, kind):
+    assert stadapt.bench.kernel_kind(kernel) == kind
+
+
 def test_k400_vitb_cost_matches_the_paper():
     recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none"])
     cost = model_cost(stadapt.build_model(recipe), recipe, torch.device("cpu"))
