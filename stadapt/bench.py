@@ -221,7 +221,8 @@ def time_by_kind(step: Callable[[], None], device: torch.device) -> dict[str, fl
     from torch.profiler import ProfilerActivity, profile
 
     on_gpu = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+    # acc_events: one profiler object per call, so nothing to clear; without it torch warns on a GPU
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU], acc_events=True) as prof:
         for _ in range(PROFILED_STEPS):
             step()
         synchronize(device)
