@@ -8,7 +8,7 @@
 # benchmark, VITL_TIMEOUT=0 skips ViT-L.
 set -euo pipefail
 RESULTS=${1:-benchmarks/results}
-MODEL_RESULT=${MODEL_RESULT:-benchmarks/results/model-k400_vitb-cuda-h100-20261125-v4.json}
+MODEL_RESULT=${MODEL_RESULT:-benchmarks/results/model-k400_vitb-cuda-h100-20261125-v6-profile.json}
 STADAPT=${STADAPT:-python3 -m stadapt}
 CORES=$(nproc)
 if [ "${VIDEOS_PER_CLASS:-8}" -lt 6 ]; then  # the train split (80%) must hold one batch of 32
