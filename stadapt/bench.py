@@ -107,43 +107,43 @@ def countable_attention() -> Iterator[None]:
 
 
 def model_cost(model: VideoClassifier, recipe: Recipe, device: torch.device,
-               precision: str = "fp32") -> dict[str, float]:
+               precision: str = "fp32") -> dict[str, Any]:
     """Trainable and total parameters, and forward GFLOPs (2 × multiply-adds) of one view.
 
     `gflops_per_view` is the paper's count, every token through every block as the published
     code computes them (the reference path); `executed_gflops_per_view` is what the model's
     own path runs, less on the fast path, which skips the last block's patch tokens (the head
-    never reads them).
+    never reads them). `executed_gflops_by_kind` splits it into attention and the other
+    matrix products (for `--profile`'s rate of the products).
     """
     trainable, total = count_parameters(model)
     was_training, impl = model.training, model.impl
     model.eval()
     try:
-        flops = {name: forward_flops(model, recipe, device, precision, path) for name, path in
-                 (("gflops_per_view", "reference"), ("executed_gflops_per_view", impl))}
+        paper = forward_flops_by_kind(model, recipe, device, precision, "reference")
+        executed = forward_flops_by_kind(model, recipe, device, precision, impl)
     finally:
         set_impl(model, impl)
         model.train(was_training)
-    return {"trainable_params": trainable, "total_params": total, **flops}
-
-
-def forward_flops(model: VideoClassifier, recipe: Recipe, device: torch.device, precision: str,
-                  impl: str) -> float:
-    """GFLOPs of one view's forward pass on the `impl` path."""
-    return sum(forward_flops_by_kind(model, recipe, device, precision, impl).values())
+    return {"trainable_params": trainable, "total_params": total, "gflops_per_view": _gflops(sum(paper.values())),
+            "executed_gflops_per_view": _gflops(sum(executed.values())),
+            "executed_gflops_by_kind": {kind: _gflops(flops) for kind, flops in executed.items()}}
 
 
 def forward_flops_by_kind(model: VideoClassifier, recipe: Recipe, device: torch.device, precision: str,
-                          impl: str) -> dict[str, float]:
-    """GFLOPs of one view's forward pass: {"attention": the batched products of attention,
-    "matrix products": the rest (projections, MLPs, adapters, patch embedding)}."""
+                          impl: str) -> dict[str, int]:
+    """FLOPs of one view's forward pass on the `impl` path: {"attention": the batched products
+    of attention, "matrix products": the rest (projections, MLPs, adapters, patch embedding)}."""
     set_impl(model, impl)
     with torch.no_grad(), autocast(device, precision), countable_attention(), FlopCounterMode(display=False) as counter:
         model(random_clips(recipe, 1, device))
     by_op = counter.get_flop_counts()["Global"]
     attention = sum(flops for op, flops in by_op.items() if str(op) in ("aten.bmm", "aten.baddbmm"))
-    return {"matrix products": round((counter.get_total_flops() - attention) / 1e9, 3),
-            "attention": round(attention / 1e9, 3)}
+    return {"matrix products": counter.get_total_flops() - attention, "attention": attention}
+
+
+def _gflops(flops: int) -> float:
+    return round(flops / 1e9, 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def time_by_kind(step: Callable[[], None], device: torch.device) -> dict[str, fl
     return {kind: round(value, 3) for kind, value in ms.items()}
 
 
-def profile_summary(figures: dict, flops: dict[str, float], batch_size: int) -> dict[str, dict[str, Optional[float]]]:
+def profile_summary(figures: dict[str, Any], batch_size: int) -> dict[str, dict[str, Optional[float]]]:
     """Per phase: milliseconds by kind, the matrix products' rate (inference, where the forward
     FLOPs are known) and the clips/s the step would reach if only the matrix products and
     attention took time: the ceiling that fusing element-wise work could approach."""
@@ -247,7 +247,8 @@ def profile_summary(figures: dict, flops: dict[str, float], batch_size: int) -> 
         compute = ms["matrix products"] + ms["attention"]
         products_tflops = None
         if phase == "inference" and ms["matrix products"] > 0:
-            products_tflops = round(flops["matrix products"] * batch_size / ms["matrix products"], 1)  # GFLOP/ms = TFLOP/s
+            gflops = figures["executed_gflops_by_kind"]["matrix products"]
+            products_tflops = round(gflops * batch_size / ms["matrix products"], 1)  # GFLOP/ms = TFLOP/s
         summary[phase] = {**ms, "total": round(sum(ms.values()), 3), "matrix_products_tflops": products_tflops,
                           "clips_s_if_only_products_and_attention": round(batch_size / compute * 1e3, 1) if compute else None}
     return summary
@@ -293,8 +294,6 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
     precision = recipe.train.precision
     dtype = compute_dtype(settings.device, precision)
     figures: dict[str, Any] = dict(model_cost(model, recipe, settings.device, precision))
-    if profile:
-        figures["forward_gflops_by_kind"] = forward_flops_by_kind(model, recipe, settings.device, precision, model.impl)
     forward = maybe_compile(model, recipe.train.compile, settings.device)
     figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
     figures.update(latency_ms=None, latency_steps=None, throughput_clips_s=None, infer_step_ms=None,
@@ -413,7 +412,7 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         # what the overhead would be if the adapters ran at the backbone's FLOP rate
         "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1),
         "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
-        **({"time_by_kind": profile_summary(chosen, chosen["forward_gflops_by_kind"], settings.batch_size)}
+        **({"time_by_kind": profile_summary(chosen, settings.batch_size)}
            if profile else {}),
         "variants": variants,
         "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__,

@@ -52,7 +52,7 @@ def test_profile_splits_each_step_by_kind_of_work(tmp_path, monkeypatch, capsys)
     assert code == 0 and "where the fast path's step time goes" in out
     result = json.loads((tmp_path / "profiled.json").read_text())
     fast = result["variants"]["fast"]
-    flops = fast["forward_gflops_by_kind"]
+    flops = fast["executed_gflops_by_kind"]
     assert flops["attention"] > 0 and sum(flops.values()) == pytest.approx(fast["executed_gflops_per_view"], abs=1e-3)
     assert "training_ms_by_kind" not in result["variants"]["reference"]  # only the chosen path is profiled
     for phase, measured_clips_s in (("inference", fast["throughput_clips_s"]), ("training", fast["train_clips_s"])):
