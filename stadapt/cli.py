@@ -75,8 +75,8 @@ def prepare_command(
     size: str = typer.Option("80x64", "--size", help="synthetic: WIDTHxHEIGHT."),
 ) -> None:
     """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
-    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
     from stadapt.data.indexers import IndexOptions
+    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
     from stadapt.data.probe import default_workers
 
     options = PrepareOptions(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stadapt.ablate.axes import AXES, AblationError, backbone_depth, scale_block_range, variants
+from stadapt.ablate.axes import AXES, backbone_depth, scale_block_range, variants
 from stadapt.ablate.runner import Job, run_jobs
 from stadapt.cli import main
 from stadapt.model.build import build_model, count_parameters

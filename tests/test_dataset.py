@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_prepared
 from torch.utils.data import DataLoader
 
-from conftest import make_prepared
 from stadapt.data import dataset as dataset_module
 from stadapt.data.dataset import build_dataset
 from stadapt.data.manifest import PreparedDataset, write_classes, write_manifest

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import make_prepared
+
 from stadapt.cli import main
 from stadapt.data import dataset as dataset_module
 from stadapt.data.manifest import PreparedDataset
 from stadapt.engine import train as train_module
-from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from stadapt.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from stadapt.data.transforms import (EvalTransform, TrainTransform, normalize, parse_randaugment, short_side_jitter,
-                                     spatial_crops)
+from stadapt import recipe
+from stadapt.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    normalize,
+    parse_randaugment,
+    short_side_jitter,
+    spatial_crops,
+)
 from stadapt.errors import RecipeError
 from stadapt.recipe import DataConfig
-from stadapt import recipe
 
 
 def still_clip(t: int = 4, h: int = 72, w: int = 96, seed: int = 0) -> torch.Tensor:

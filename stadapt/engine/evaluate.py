@@ -28,11 +28,10 @@ from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.metrics import score
 from stadapt.engine.plots import write_confusion
-from stadapt.model.runtime import autocast, configure_backends
 from stadapt.engine.stream import eval_loader
 from stadapt.errors import DataError, RecipeError
 from stadapt.fileio import atomic_write_text
-from stadapt.model.runtime import place_model
+from stadapt.model.runtime import autocast, configure_backends, place_model
 from stadapt.recipe import Recipe, apply_override, head_sizes, recipe_from_dict
 
 

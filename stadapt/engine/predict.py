@@ -21,10 +21,9 @@ from stadapt.data.decode import VideoReadError, read_frames
 from stadapt.data.manifest import Sample
 from stadapt.data.transforms import normalize
 from stadapt.engine.evaluate import check_input_size
-from stadapt.model.runtime import autocast
 from stadapt.engine.rundir import LATEST
 from stadapt.errors import RecipeError, StadaptError
-from stadapt.model.runtime import place_model
+from stadapt.model.runtime import autocast, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, recipe_from_dict
 

@@ -34,16 +34,23 @@ from stadapt.engine.evaluate import check_input_size, evaluate_model
 from stadapt.engine.interrupt import StopRequest
 from stadapt.engine.metrics import batch_correct
 from stadapt.engine.plots import plot_curves
-from stadapt.model.runtime import autocast, configure_backends, grad_scaler, maybe_compile, place_model
 from stadapt.engine.progress import TrainProgress
-from stadapt.engine.rundir import (MetricsLog, check_resumable, default_run_dir, lock_run_dir, point_latest,
-                                   read_metrics, write_recipe)
+from stadapt.engine.rundir import (
+    MetricsLog,
+    check_resumable,
+    default_run_dir,
+    lock_run_dir,
+    point_latest,
+    read_metrics,
+    write_recipe,
+)
 from stadapt.engine.schedule import build_optimizer, build_scheduler
 from stadapt.engine.stream import DevicePrefetcher, StepStream, train_loader
 from stadapt.errors import DataError, RecipeError, StadaptError
 from stadapt.fileio import FileLock
 from stadapt.model.artifact import ADAPTER_FILE, init_from, load_trainable, save_adapter, trainable_state
 from stadapt.model.build import build_model, count_parameters
+from stadapt.model.runtime import autocast, configure_backends, grad_scaler, maybe_compile, place_model
 from stadapt.recipe import Recipe, load_recipe, resolve_recipe_path
 
 STATS = ("loss_sum", "correct", "clips", "skipped", "nonfinite", "stop")

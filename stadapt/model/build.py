@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from stadapt.errors import RecipeError
 from stadapt.model.adapter import STAdapter
 from stadapt.model.backbone import load_backbone
 from stadapt.model.video_vit import PatchEmbedding, VideoClassifier
 from stadapt.recipe import ModelConfig, Recipe, head_sizes
-from stadapt.errors import RecipeError
 
 ADAPTER_METHODS = ("st_adapter", "adapter")
 

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped, csv_rows, find_dir,
-                                        find_file, parse_int, read_text, safe_name)
+from stadapt.data.indexers.base import (
+    Candidate,
+    Index,
+    IndexOptions,
+    Skipped,
+    csv_rows,
+    find_dir,
+    find_file,
+    parse_int,
+    read_text,
+    safe_name,
+)
 from stadapt.errors import DataError
 
 ANNOTATION_FOLDERS = ("epic-kitchens-100-annotations", "annotations", "labels")

@@ -10,8 +10,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped, lines, parse_int,
-                                        read_text, safe_name, search_bases)
+from stadapt.data.indexers.base import (
+    Candidate,
+    Index,
+    IndexOptions,
+    Skipped,
+    lines,
+    parse_int,
+    read_text,
+    safe_name,
+    search_bases,
+)
 from stadapt.errors import DataError
 
 SPLIT_FOLDERS = ("testTrainMulti_7030_splits", "test_train_splits", "splits", "annotations")

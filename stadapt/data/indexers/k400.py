@@ -12,8 +12,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped, csv_rows, find_dir,
-                                        find_file, parse_int, read_text, safe_name)
+from stadapt.data.indexers.base import (
+    Candidate,
+    Index,
+    IndexOptions,
+    Skipped,
+    csv_rows,
+    find_dir,
+    find_file,
+    parse_int,
+    read_text,
+    safe_name,
+)
 
 ANNOTATION_FOLDERS = ("annotations", "labels", "kinetics400", "kinetics-400", "k400")
 ANNOTATION_NAMES = {

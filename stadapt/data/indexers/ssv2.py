@@ -13,8 +13,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped, find_dir, find_file,
-                                        read_text, safe_name)
+from stadapt.data.indexers.base import (
+    Candidate,
+    Index,
+    IndexOptions,
+    Skipped,
+    find_dir,
+    find_file,
+    read_text,
+    safe_name,
+)
 from stadapt.errors import DataError
 
 ANNOTATION_FOLDERS = ("labels", "annotations")

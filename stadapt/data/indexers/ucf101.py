@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stadapt.data.indexers.base import (Candidate, Index, IndexOptions, Skipped, find_dir, find_file,
-                                        lines, parse_int, read_text, safe_relative)
+from stadapt.data.indexers.base import (
+    Candidate,
+    Index,
+    IndexOptions,
+    Skipped,
+    find_dir,
+    find_file,
+    lines,
+    parse_int,
+    read_text,
+    safe_relative,
+)
 from stadapt.errors import DataError
 
 ANNOTATION_FOLDERS = ("ucfTrainTestlist", "UCF-101/ucfTrainTestlist", "annotations", "splits", "labels")
