@@ -249,8 +249,9 @@ def profile_summary(figures: dict[str, Any], batch_size: int) -> dict[str, dict[
         if phase == "inference" and ms["matrix products"] > 0:
             gflops = figures["executed_gflops_by_kind"]["matrix products"]
             products_tflops = round(gflops * batch_size / ms["matrix products"], 1)  # GFLOP/ms = TFLOP/s
+        only_products_and_attention = round(batch_size / compute * 1e3, 1) if compute else None
         summary[phase] = {**ms, "total": round(sum(ms.values()), 3), "matrix_products_tflops": products_tflops,
-                          "clips_s_if_only_products_and_attention": round(batch_size / compute * 1e3, 1) if compute else None}
+                          "clips_s_if_only_products_and_attention": only_products_and_attention}
     return summary
 
 
@@ -410,7 +411,8 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         "adapter_overhead_vs_backbone": _round(1 - r) if (r := ratio(chosen["throughput_clips_s"],
                                                                       backbone["throughput_clips_s"])) else None,
         # what the overhead would be if the adapters ran at the backbone's FLOP rate
-        "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1),
+        "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"]
+                                            / backbone["executed_gflops_per_view"] - 1),
         "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
         **({"time_by_kind": profile_summary(chosen, settings.batch_size)}
            if profile else {}),

@@ -97,10 +97,12 @@ def bench_model_command(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda when available]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32 on cuda, 2 on cpu]"),
     impl: str = typer.Option("fast", "--impl", help="adapter implementation to measure: fast or reference"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="timed steps [default: 20 on cuda; on cpu up to 10 within 1 s]"),
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up steps [default: 5 on cuda, 1 on cpu]"),
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
-    profile: bool = typer.Option(False, "--profile", help="also show where the chosen path's step time goes (torch.profiler)"),
+    profile: bool = typer.Option(False, "--profile",
+                                 help="also show where the chosen path's step time goes (torch.profiler)"),
 ) -> None:
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
     import json
@@ -166,7 +168,8 @@ def _print_time_by_kind(result: dict) -> None:
 
 @convert_app.command("official")
 def convert_official_command(
-    checkpoint: Path = typer.Argument(..., help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
+    checkpoint: Path = typer.Argument(...,
+                                      help="checkpoint of the public ST-Adapter code (torch.save of {'model': ...})"),
     recipe: str = typer.Option(..., "--recipe", help="recipe giving the backbone, pretrained weights and data"),
     overrides: list[str] = typer.Option([], "--set", help="recipe override key=value (repeatable)"),
     out: Path = typer.Option(..., "--out", help="run directory to write (recipe.yaml, adapter.safetensors)"),
@@ -185,7 +188,8 @@ def convert_official_command(
     table.add_row("tensors imported", f"{done.tensors} (ignored: optimizer state and {len(ckpt.ignored)} other keys)")
     console.print(table)
     if done.recipe.model.pretrained.lower() in ("", "none"):
-        err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone", highlight=False)
+        err_console.print("warning: model.pretrained is none, so these adapters sit on a random backbone",
+                          highlight=False)
     console.print(f"load it with stadapt.load_model({str(done.out)!r})", highlight=False)
 
 
@@ -193,8 +197,11 @@ def convert_official_command(
 def bench_run_command(
     run_dir: Path = typer.Argument(..., help="a run directory of stadapt train"),
     skip: int = typer.Option(1, "--skip", min=0, help="logged windows to leave out (compilation, warm-up)"),
-    model_result: Optional[Path] = typer.Option(None, "--model-result", help="JSON of stadapt bench model, same recipe and batch per process"),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="JSON of stadapt bench run for the same recipe on one process, for the scaling efficiency"),
+    model_result: Optional[Path] = typer.Option(
+        None, "--model-result", help="JSON of stadapt bench model, same recipe and batch per process"),
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline",
+        help="JSON of stadapt bench run for the same recipe on one process, for the scaling efficiency"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object and nothing else"),
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/run-...json]"),
 ) -> None:
@@ -226,9 +233,11 @@ def bench_loader_command(
     clips: int = typer.Option(256, "--clips", min=1, help="Clips to time after the warm-up."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch."),
     reference_clips: int = typer.Option(24, "--reference-clips", min=1, help="Clips for the reference PyAV loader."),
-    rounds: int = typer.Option(3, "--rounds", min=1, help="Alternating rounds of both loaders; the best of each counts."),
+    rounds: int = typer.Option(3, "--rounds", min=1,
+                               help="Alternating rounds of both loaders; the best of each counts."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON file to write (default benchmarks/results/loader-RECIPE-DATE.json)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="JSON file to write (default benchmarks/results/loader-RECIPE-DATE.json)."),
 ) -> None:
     """Clips/s of the training data pipeline per worker, against the reference PyAV loader."""
     from stadapt.loader_bench import bench_loader

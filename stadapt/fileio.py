@@ -75,7 +75,8 @@ def _disk_full_reported(*paths: Path) -> Iterator[None]:
         if not disk_full(exc, folder):
             raise
         kept = [p.name for p in paths if p.exists()]
-        what = f"the previous {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} kept" if kept else "nothing was written"
+        verb = "is" if len(kept) == 1 else "are"
+        what = f"the previous {', '.join(kept)} {verb} kept" if kept else "nothing was written"
         names = ", ".join(str(p) for p in paths) if len(paths) <= 3 else f"{paths[0]} and {len(paths) - 1} more files"
         reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DiskFullError(f"{names}: not written, the disk is full ({reason[:200]}); {what}") from None
@@ -135,7 +136,8 @@ def _signals_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -32,7 +32,8 @@ def encoded(tmp_path_factory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("encoded")
     # Noise, so that the files are large enough for a cut to land in the frame data.
     noise = np.random.default_rng(0).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-    return {suffix: write_video(folder / f"v{suffix}", noise).read_bytes() for suffix in (".mp4", ".webm", ".avi", ".mkv")}
+    return {suffix: write_video(folder / f"v{suffix}", noise).read_bytes()
+            for suffix in (".mp4", ".webm", ".avi", ".mkv")}
 
 
 @pytest.fixture
@@ -73,7 +74,8 @@ def make_prepared(root: Path, classes: int = 4, videos_per_class: int = 4, frame
         write_manifest(prepared / f"{split}.csv", split_rows, ["path", "label", "num_frames"])
     write_report(prepared, {"dataset": "synthetic", "videos_root": str(videos_dir)})
     if decode:
-        samples = [Sample(videos_dir / r["path"], {"label": r["label"]}) for split_rows in rows.values() for r in split_rows]
+        samples = [Sample(videos_dir / r["path"], {"label": r["label"]})
+                   for split_rows in rows.values() for r in split_rows]
         write_store(prepared, samples, short_side=64)
     return prepared
 

@@ -48,7 +48,8 @@ def ssv2(root: Path, train: str) -> None:
 @pytest.mark.parametrize("train, where, message", [
     (K400_HEADER + "run,a,1,11,train\nrun,b,1,11\n", "train.csv:3", "expected 5 fields"),
     (K400_HEADER + "run,a,1,11,train\n\"" + "x" * 200_000 + "\",b,1,11,train\n", "train.csv:3", "not valid CSV"),
-    (K400_HEADER + "run,a,1,11,train\nrun,b,one,11,train\n", "train.csv:3", "time_start must be a non-negative integer"),
+    (K400_HEADER + "run,a,1,11,train\nrun,b,one,11,train\n", "train.csv:3",
+     "time_start must be a non-negative integer"),
     (K400_HEADER.encode() + b"run,a,1,11,train\nr\xe9n,b,1,11,train\n", "train.csv:3", "not UTF-8 text"),
     ("label;youtube_id;time_start\n", "train.csv:1", "header lacks label, youtube_id"),
 ])
@@ -121,7 +122,8 @@ def test_file_and_folder_names_that_are_not_utf8_are_skipped(tmp_path, capsys, m
     out = tmp_path / "out"
     assert (out / "classes.txt").read_text() == "a\nb\n"
     train = report(out)["splits"]["train"]
-    assert train["videos"] == 2 and sorted(r["where"] for r in train["skipped_rows"]) == ["\\xff/x.mp4", "a/caf\\xe9.mp4"]
+    assert train["videos"] == 2
+    assert sorted(r["where"] for r in train["skipped_rows"]) == ["\\xff/x.mp4", "a/caf\\xe9.mp4"]
     assert all("not UTF-8" in r["reason"] for r in train["skipped_rows"])
 
 
@@ -188,7 +190,8 @@ rows = st.lists(st.fixed_dictionaries({
 @fuzz
 @given(rows)
 def test_manifest_round_trip(tmp_path_factory, rows):
-    """What prepare writes, training reads back unchanged, whatever the file names hold (commas, quotes, line breaks)."""
+    """What prepare writes, training reads back unchanged, whatever the file names hold (commas, quotes,
+    line breaks)."""
     folder = tmp_path_factory.mktemp("r", numbered=True)
     (folder / "train.csv").write_bytes(manifest_text(rows, ["path", "label", "num_frames"]).encode("utf-8"))
     samples = read_manifest(folder / "train.csv", Path("/videos"), {"label": 5})

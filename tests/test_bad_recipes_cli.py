@@ -26,7 +26,8 @@ def run_stadapt(*args: str, cwd: Path, script: bool = False) -> subprocess.Compl
 def test_python_m_stadapt_bad_value_is_one_line_and_exit_2(tmp_path):
     done = run_stadapt("bench", "model", "--recipe", "demo", "--set", "train.lr=-1", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [f"error: {REPO / 'stadapt/recipes/demo.yaml'}: train.lr = -1.0 must be positive"]
+    demo = REPO / "stadapt/recipes/demo.yaml"
+    assert done.stderr.strip().splitlines() == [f"error: {demo}: train.lr = -1.0 must be positive"]
     assert not (tmp_path / "benchmarks").exists()
 
 
@@ -53,7 +54,8 @@ CASES = {
     "no '='": (["--set", "train.lr"], "--set 'train.lr': expected key=value"),
     "yaml objects": (["--recipe", "evil.yaml"], "could not determine a constructor for the tag"),
     "yaml syntax": (["--recipe", "broken.yaml"], "broken.yaml:2: not valid YAML"),
-    "key given twice": (["--recipe", "twice.yaml"], "twice.yaml:3: not valid YAML (key 'lr' is given twice (first on line 2))"),
+    "key given twice": (["--recipe", "twice.yaml"],
+                        "twice.yaml:3: not valid YAML (key 'lr' is given twice (first on line 2))"),
     "nested too deeply": (["--recipe", "deep.yaml"], "deep.yaml: not valid YAML (nested too deeply)"),
     "not a mapping": (["--recipe", "list.yaml"], "a recipe is a mapping with sections data, model, train"),
     "no such recipe": (["--recipe", "k400_vitz"], "recipe not found: k400_vitz (bundled: "),

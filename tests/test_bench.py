@@ -31,8 +31,10 @@ def test_cpu_json_for_the_demo_recipe(tmp_path, monkeypatch, capsys):
     assert fast["total_params"] > backbone["total_params"] and fast["gflops_per_view"] > backbone["gflops_per_view"]
     assert result["trainable_params"] == fast["trainable_params"] and result["train_clips_s"] == fast["train_clips_s"]
     assert result["train_speedup_vs_reference"] == round(fast["train_clips_s"] / reference["train_clips_s"], 4)
-    assert result["infer_speedup_vs_reference"] == round(fast["throughput_clips_s"] / reference["throughput_clips_s"], 4)
-    assert result["adapter_overhead_vs_backbone"] == round(1 - fast["throughput_clips_s"] / backbone["throughput_clips_s"], 4)
+    assert result["infer_speedup_vs_reference"] == round(
+        fast["throughput_clips_s"] / reference["throughput_clips_s"], 4)
+    assert result["adapter_overhead_vs_backbone"] == round(
+        1 - fast["throughput_clips_s"] / backbone["throughput_clips_s"], 4)
     assert result["adapter_flops_vs_backbone"] == round(
         fast["executed_gflops_per_view"] / backbone["executed_gflops_per_view"] - 1, 4)
     # the fast path skips the last block's patch tokens; the reference runs the paper's count

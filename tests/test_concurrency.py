@@ -16,7 +16,8 @@ from stadapt.fileio import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-HOLD = "import sys; from stadapt.fileio import FileLock; l = FileLock(sys.argv[1]); print(l.acquire(), flush=True); sys.stdin.read(); l.release()"
+HOLD = ("import sys; from stadapt.fileio import FileLock; lock = FileLock(sys.argv[1]); "
+        "print(lock.acquire(), flush=True); sys.stdin.read(); lock.release()")
 
 
 @pytest.fixture

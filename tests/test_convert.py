@@ -74,7 +74,7 @@ def public_forward(backbone_file, checkpoint, video, prefix):
     cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, -1)
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding)
     for i, block in enumerate(visual.transformer.resblocks):
-        def adapter(name):
+        def adapter(name, i=i):
             prefix = f"transformer.resblocks.{i}.{name}."
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 

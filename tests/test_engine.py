@@ -292,12 +292,13 @@ def test_two_processes_train_and_evaluate_like_one(recipe_file, tmp_path, monkey
     # Two adapters per block, as the SSv2 recipes: the last block's second one never reaches
     # the logits (the head reads the CLS token), which DDP must tolerate.
     settings = ["model.dropout=0", "train.steps=4", "model.adapter.positions=[before_attn,after_attn]"]
-    two = torchrun("train", str(recipe_file), *[a for s in settings for a in ("--set", s)], "--out", "two", cwd=tmp_path)
+    sets = [a for s in settings for a in ("--set", s)]
+    two = torchrun("train", str(recipe_file), *sets, "--out", "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # rank 0 alone reports
     monkeypatch.chdir(tmp_path)
-    one = train(str(recipe_file), settings, out="one")
-    accumulated = train(str(recipe_file), settings + ["train.device_batch_size=2"], out="accumulated")
+    train(str(recipe_file), settings, out="one")
+    train(str(recipe_file), settings + ["train.device_batch_size=2"], out="accumulated")
     a = load_checkpoint(tmp_path / "one" / CHECKPOINT_FILE)["model"]
     for other in ("two", "accumulated"):
         b = load_checkpoint(tmp_path / other / CHECKPOINT_FILE)["model"]

@@ -86,7 +86,8 @@ def test_fast_path_on_gpu_is_within_bf16_rounding_of_fp32(recipe_name):
     assert fast_grads.keys() == exact_grads.keys() and len(fast_grads) > 0
     for name, exact_grad in exact_grads.items():
         errors[name] = (relative_error(reference_grads[name], exact_grad), relative_error(fast_grads[name], exact_grad))
-    worst = {what: max(errors.items(), key=lambda item: item[1][i]) for i, what in enumerate(("fp16 reference", "bf16 fast"))}
+    worst = {what: max(errors.items(), key=lambda item, i=i: item[1][i])
+             for i, what in enumerate(("fp16 reference", "bf16 fast"))}
     print(f"{recipe_name}: largest relative errors against fp32: {worst}")
     assert errors["logits"][0] < FP16_TOLERANCE and errors["logits"][1] < BF16_TOLERANCE, errors["logits"]
     for name, (reference_error, fast_error) in errors.items():

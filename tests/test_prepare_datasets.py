@@ -67,8 +67,8 @@ def test_ucf101_official_splits(ucf101, tmp_path, split):
     expect_val = {f"{c}/v_{c}_g{split:02d}_c01.avi": str(i) for i, c in enumerate(UCF_CLASSES)}
     expect_train = {f"{c}/v_{c}_g{g:02d}_c01.avi": str(i) for i, c in enumerate(UCF_CLASSES)
                     for g in range(1, 5) if g != split}
-    assert {r["path"]: r["label"] for r in val} == {p: l for p, l in expect_val.items() if p not in broken}
-    assert {r["path"]: r["label"] for r in train} == {p: l for p, l in expect_train.items() if p not in broken}
+    assert {r["path"]: r["label"] for r in val} == {p: c for p, c in expect_val.items() if p not in broken}
+    assert {r["path"]: r["label"] for r in train} == {p: c for p, c in expect_train.items() if p not in broken}
     assert all(r["num_frames"] == "6" and r["fps"] == "25.0" for r in train + val)
     t = report["splits"]["train"]
     assert (t["indexed"], t["missing"], t["skipped"]) == (10, 1, 1)
@@ -138,7 +138,7 @@ def test_hmdb51_official_splits(hmdb51, tmp_path, split):
         expect = {f"{c}/{c}_{i}.avi": str(label) for label, c in enumerate(HMDB_CLASSES)
                   for i in range(6) if hmdb_role(i, split) == role}
         got = {r["path"]: r["label"] for r in rows(out, split_name)}
-        assert got == {p: l for p, l in expect.items() if p not in broken}
+        assert got == {p: c for p, c in expect.items() if p not in broken}
         listed = len(expect) + (split_name == "train")
         assert report["splits"][split_name]["indexed"] == listed
     assert report["splits"]["train"]["missing"] == 1
@@ -190,7 +190,8 @@ def test_ssv2_templates_map_through_labels_json(ssv2, tmp_path):
     report = run("ssv2", ssv2, out)
     assert (out / "classes.txt").read_text().splitlines() == [
         "Holding something next to something", "Putting something on a surface", "Pushing something from left to right"]
-    assert {r["path"]: r["label"] for r in rows(out, "train")} == {"1.webm": "1", "2.webm": "0", "3.webm": "2", "4.webm": "0"}
+    assert {r["path"]: r["label"] for r in rows(out, "train")} == {
+        "1.webm": "1", "2.webm": "0", "3.webm": "2", "4.webm": "0"}
     assert {r["path"]: r["label"] for r in rows(out, "val")} == {"20.webm": "2", "21.webm": "0"}
     t = report["splits"]["train"]
     assert (t["indexed"], t["videos"], t["missing"], t["unreadable"], t["skipped"]) == (7, 4, 1, 2, 2)
@@ -409,7 +410,8 @@ def test_synthetic_and_decode_call_the_data_branch_as_agreed(tmp_path, make_vide
         calls["store"] = (prepared_root, sorted(s.path.name for s in samples), workers)
         return {"videos": len(samples), "frames": 6 * len(samples), "bytes": 1, "seconds": 0.0}
 
-    monkeypatch.setitem(sys.modules, "stadapt.data.synthetic", types.SimpleNamespace(generate_synthetic=generate_synthetic))
+    monkeypatch.setitem(sys.modules, "stadapt.data.synthetic",
+                        types.SimpleNamespace(generate_synthetic=generate_synthetic))
     monkeypatch.setitem(sys.modules, "stadapt.data.store", types.SimpleNamespace(write_store=write_store))
     out = tmp_path / "out"
     report = prepare(PrepareOptions("synthetic", tmp_path / "videos", out, decode=True, workers=1,

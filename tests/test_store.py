@@ -16,7 +16,8 @@ from stadapt.errors import DataError
 
 @pytest.fixture()
 def videos(tmp_path):
-    return [p for p, _ in generate_synthetic(tmp_path / "videos", classes=2, videos_per_class=3, frames=20, size=(96, 64))]
+    generated = generate_synthetic(tmp_path / "videos", classes=2, videos_per_class=3, frames=20, size=(96, 64))
+    return [p for p, _ in generated]
 
 
 def samples_of(paths):

@@ -160,7 +160,8 @@ def finished_run(recipe, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("damage, message", [
     ("code", "holds pickled objects other than tensors and numbers (posix.system); refused without running them"),
     ("truncated", "not a readable checkpoint, truncated or damaged"),
-    ("random", "not a checkpoint that can be read safely (damaged, or pickled by other code); refused without running it"),
+    ("random", "not a checkpoint that can be read safely (damaged, or pickled by other code); "
+               "refused without running it"),
     ("foreign", "not a stadapt checkpoint"),
 ])
 def test_resume_from_an_unsafe_or_damaged_checkpoint_is_one_line(finished_run, recipe, tmp_path, monkeypatch,
@@ -204,7 +205,8 @@ step = 0
 print("ready", flush=True)
 while True:
     step += 1
-    save_checkpoint(sys.argv[1], {"step": step, "model": {f"w{i}": torch.full((250_000,), float(step)) for i in range(4)}})
+    model = {f"w{i}": torch.full((250_000,), float(step)) for i in range(4)}
+    save_checkpoint(sys.argv[1], {"step": step, "model": model})
     print(step, flush=True)
 """
 
@@ -233,7 +235,8 @@ def test_sigkill_while_saving_never_replaces_the_last_good_checkpoint(tmp_path):
             saver.kill()
         saver.stdout.close()
     state = load_checkpoint(path)
-    assert state["step"] >= seen and all(torch.equal(t, torch.full_like(t, state["step"])) for t in state["model"].values())
+    assert state["step"] >= seen
+    assert all(torch.equal(t, torch.full_like(t, state["step"])) for t in state["model"].values())
 
 
 def test_full_disk_while_saving_a_checkpoint_keeps_the_last_good_one(recipe, tmp_path, monkeypatch, capsys):
@@ -269,7 +272,8 @@ def test_a_second_training_process_on_the_same_out_is_refused(recipe, tmp_path, 
                              cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "run" / "metrics.jsonl").exists() and first.poll() is None and time.monotonic() < deadline:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        while not metrics.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert first.poll() is None, first.communicate()[1]
         capsys.readouterr()
@@ -310,8 +314,8 @@ def free_port() -> int:
 def test_dead_ddp_peer_makes_the_job_exit_with_a_message_not_hang(recipe, tmp_path):
     env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
            "STADAPT_DIST_TIMEOUT_S": "15"}
-    args = [sys.executable, "-c", WORKER, "train", str(recipe), "--set", "train.steps=50", "--set", "train.batch_size=2",
-            "--set", "data.max_bad_fraction=1", "--out", "run"]
+    args = [sys.executable, "-c", WORKER, "train", str(recipe), "--set", "train.steps=50",
+            "--set", "train.batch_size=2", "--set", "data.max_bad_fraction=1", "--out", "run"]
     ranks = [subprocess.Popen(args, cwd=tmp_path, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     try:

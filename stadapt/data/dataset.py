@@ -74,8 +74,8 @@ class VideoDataset(Dataset):
         for skipped in range(MAX_REPLACEMENTS + 1):
             sample = self.samples[current]
             try:
-                frames = self._read(sample, lambda n: clip_indices(self.data, n, rng, 1, sample.start_frame,
-                                                                   sample.stop_frame)[0])
+                frames = self._read(sample, lambda n, sample=sample, rng=rng: clip_indices(
+                    self.data, n, rng, 1, sample.start_frame, sample.stop_frame)[0])
             except VideoReadError as exc:
                 _warn_once(sample.path, exc)
                 rng = np.random.default_rng([self.seed, self.epoch, index, skipped + 1])
@@ -113,7 +113,8 @@ class VideoDataset(Dataset):
 
     def _item(self, index: int, clip: torch.Tensor, ok: bool, skipped: int) -> dict[str, Any]:
         labels = self.samples[index].labels
-        label: Any = labels["label"] if list(self.class_names) == ["label"] else {h: labels[h] for h in self.class_names}
+        one_head = list(self.class_names) == ["label"]
+        label: Any = labels["label"] if one_head else {h: labels[h] for h in self.class_names}
         return {"clip": clip, "label": label, "index": index, "ok": ok, "skipped": skipped}
 
 

@@ -108,7 +108,8 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
     columns = _csv_checked(lambda: reader.fieldnames, reader, path) or []
     for required in ("path", "label"):
         if required not in columns:
-            raise DataError(f"{path}: header lacks the column {required!r} (has: {', '.join(map(repr, columns)) or 'nothing'})")
+            has = ", ".join(map(repr, columns)) or "nothing"
+            raise DataError(f"{path}: header lacks the column {required!r} (has: {has})")
     head_names = list(heads) if heads else ["label"]
     for head in head_names:
         if head not in columns:
@@ -121,7 +122,8 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
         try:
             labels = {h: int(row[h]) for h in head_names}
         except ValueError:
-            raise DataError(f"{path}:{line}: label is not an integer ({', '.join(row[h] for h in head_names)})") from None
+            given = ", ".join(row[h] for h in head_names)
+            raise DataError(f"{path}:{line}: label is not an integer ({given})") from None
         for h, value in labels.items():
             limit = (heads or {}).get(h)
             if value < 0 or (limit is not None and value >= limit):
@@ -148,7 +150,8 @@ def _csv_checked(read: Any, reader: csv.DictReader, path: Path) -> Any:
     try:
         return read()
     except csv.Error as exc:  # e.g. a field over the csv module's size limit
-        raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from None  # the line failing is not counted yet
+        # the line failing is not counted yet
+        raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV ({exc})") from None
 
 
 @dataclass
@@ -163,7 +166,8 @@ class PreparedDataset:
         root = Path(root)
         report_path = root / "report.json"
         if not root.is_dir():
-            raise DataError(f"data.root = {str(root)!r} is not a directory (run `stadapt prepare DATASET ROOT --out {root}`)")
+            raise DataError(f"data.root = {str(root)!r} is not a directory "
+                            f"(run `stadapt prepare DATASET ROOT --out {root}`)")
         try:
             report = json.loads(report_path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -109,7 +109,8 @@ def _is_current(header: dict, video: Path, short_side: int) -> bool:
         st = video.stat()
     except OSError:
         return False
-    return (header.get("size"), header.get("mtime_ns"), header.get("short_side")) == (st.st_size, st.st_mtime_ns, short_side)
+    stored = (header.get("size"), header.get("mtime_ns"), header.get("short_side"))
+    return stored == (st.st_size, st.st_mtime_ns, short_side)
 
 
 def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] | str:
@@ -177,7 +178,8 @@ def _read_footer(fh, entry: Path) -> tuple[dict, int]:
         if table < 0:
             raise ValueError("truncated")
     except (OSError, ValueError, KeyError, struct.error) as exc:
-        raise VideoReadError(f"{entry}: damaged frame store entry ({exc}); run `stadapt prepare --decode` again") from None
+        raise VideoReadError(f"{entry}: damaged frame store entry ({exc}); "
+                             "run `stadapt prepare --decode` again") from None
     return header, table
 
 
@@ -197,7 +199,8 @@ class FrameStore:
             fh = open(entry, "rb")
         except FileNotFoundError:
             raise VideoReadError(f"{video}: not in the frame store {self.root / 'store'} "
-                                 "(unreadable when prepared, or added since; run `stadapt prepare --decode` again)") from None
+                                 "(unreadable when prepared, or added since; "
+                                 "run `stadapt prepare --decode` again)") from None
         return StoreEntry(fh, entry)
 
 

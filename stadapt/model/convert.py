@@ -92,7 +92,8 @@ def read_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
         if found := re.search(r"GLOBAL (\S+)", str(exc)):
             raise CheckpointError(f"{path}: holds pickled objects other than tensors ({found[1]}); "
                                   "refused without running them") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint of plain tensors; refused without running it") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint of plain tensors; "
+                              "refused without running it") from None
     except Exception as exc:  # a truncated or non-PyTorch file: whatever torch raises, it is the file's fault
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
@@ -123,7 +124,8 @@ def _split_state(state: dict, source: str) -> OfficialCheckpoint:
         else:
             ignored.append(key)
     if not adapters:
-        raise CheckpointError(f"{source}: not an ST-Adapter checkpoint (no transformer.resblocks.N.adapter_pre_* tensors)")
+        raise CheckpointError(f"{source}: not an ST-Adapter checkpoint "
+                              "(no transformer.resblocks.N.adapter_pre_* tensors)")
     if len(prefixes) > 1:
         raise CheckpointError(f"{source}: adapter keys under several prefixes ({', '.join(sorted(prefixes))})")
     complete = {p: h for p, h in heads.items() if set(h) == {"weight", "bias"}}
@@ -169,8 +171,9 @@ def convert_official(checkpoint_path: str | Path, recipe_path: str | Path, out: 
     recipe = adapted_recipe(load_recipe(recipe_path, overrides), checkpoint)
     model = build_model(recipe)
     if checkpoint.dim != model.dim or checkpoint.head["weight"].shape[1] != model.dim:
-        raise CheckpointError(f"{checkpoint_path}: adapters of token width {checkpoint.dim}, but {recipe.model.backbone} has "
-                              f"width {model.dim}; give the recipe of the backbone it was trained with")
+        raise CheckpointError(f"{checkpoint_path}: adapters of token width {checkpoint.dim}, "
+                              f"but {recipe.model.backbone} has width {model.dim}; "
+                              "give the recipe of the backbone it was trained with")
     if checkpoint.layers == list(range(len(model.blocks))):
         recipe.model.adapter.layers = "all"  # the same model, written the way recipes say it
     tensors = stadapt_tensors(checkpoint)

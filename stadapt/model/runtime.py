@@ -87,6 +87,7 @@ class _CompiledWithFallback:
             try:
                 return self.compiled(*args, **kwargs)
             except torch._dynamo.exc.BackendCompilerFailed as exc:  # inductor/triton could not build
-                warnings.warn(f"torch.compile failed, running eagerly: {str(exc).splitlines()[0][:200]}")
+                warnings.warn(f"torch.compile failed, running eagerly: {str(exc).splitlines()[0][:200]}",
+                              stacklevel=2)
                 self.compiled = None
         return self.model(*args, **kwargs)

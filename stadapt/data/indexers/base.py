@@ -147,7 +147,8 @@ def csv_rows(text: str, source: str, required: Sequence[str]) -> Iterator[tuple[
                 continue
             yield reader.line_num, {k: v.strip() for k, v in row.items()}
     except csv.Error as exc:
-        raise DataError(f"{source}:{reader.line_num + 1}: not valid CSV ({exc})") from None  # the failing line is not counted yet
+        # the failing line is not counted yet
+        raise DataError(f"{source}:{reader.line_num + 1}: not valid CSV ({exc})") from None
 
 
 def parse_int(value: str, where: str, what: str) -> int:

@@ -16,7 +16,8 @@ from stadapt.errors import DataError
 
 def parse_list(text: str, source: str) -> list[tuple[str, str, str]]:
     """CSV text with a `path,label` header → (file:line, path, label) per row."""
-    return [(f"{source}:{number}", row["path"], row["label"]) for number, row in csv_rows(text, source, ("path", "label"))]
+    rows = csv_rows(text, source, ("path", "label"))
+    return [(f"{source}:{number}", row["path"], row["label"]) for number, row in rows]
 
 
 def resolve_classes(labels: list[str], given: list[str] | None) -> list[str]:

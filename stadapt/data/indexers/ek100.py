@@ -58,7 +58,8 @@ def parse_segments(text: str, source: str, num_verbs: int, num_nouns: int
         noun = parse_int(row["noun_class"], where, "noun_class")
         participant, video_id = row["participant_id"], row["video_id"]
         if verb >= num_verbs or noun >= num_nouns:
-            skipped.append(Skipped(where, f"verb {verb} / noun {noun} outside the {num_verbs} verbs / {num_nouns} nouns"))
+            skipped.append(Skipped(where, f"verb {verb} / noun {noun} outside the {num_verbs} verbs / "
+                                          f"{num_nouns} nouns"))
         elif stop < start:
             skipped.append(Skipped(where, f"stop_frame {stop} comes before start_frame {start}"))
         elif not (safe_name(participant) and safe_name(video_id)):
@@ -75,7 +76,8 @@ def parse_segments(text: str, source: str, num_verbs: int, num_nouns: int
 def index(root: Path, options: IndexOptions) -> Index:
     train_file = find_file(root, [NAMES["train"]], ANNOTATION_FOLDERS, "EPIC-Kitchens-100 annotations")
     folder = train_file.parent
-    files = {key: find_file(folder, [NAMES[key]], (), "EPIC-Kitchens-100 annotations") for key in ("val", "verb", "noun")}
+    files = {key: find_file(folder, [NAMES[key]], (), "EPIC-Kitchens-100 annotations")
+             for key in ("val", "verb", "noun")}
     verbs = parse_classes(read_text(files["verb"]), str(files["verb"]))
     nouns = parse_classes(read_text(files["noun"]), str(files["noun"]))
     videos_root = find_dir(root, VIDEO_FOLDERS) or root
