@@ -13,12 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from stadapt.cli import main
+from stadapt.data import VIDEO_SUFFIXES
+from stadapt.data.encode import write_video
+from stadapt.data.indexers import IndexOptions
 from stadapt.data.manifest import read_manifest, write_classes, write_manifest, write_report
+from stadapt.data.prepare import PrepareOptions, prepare
 from stadapt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from stadapt.engine import train as train_module
 from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -366,6 +371,24 @@ def test_predict_answers_each_video_and_reports_broken_ones(trained_run, data_ro
     monkeypatch.chdir(tmp_path)  # no runs/latest here
     assert main(["predict", str(files[0])]) == 2
     assert "runs/latest does not exist" in capsys.readouterr().err
+
+
+def test_predict_answers_every_video_that_prepare_folder_indexes(trained_run, tmp_path, capsys):
+    frames = np.random.default_rng(0).integers(0, 256, (8, 48, 64, 3), dtype=np.uint8)
+    root = tmp_path / "mine"
+    written = {write_video(root / ("a", "b")[i % 2] / f"clip{suffix}", frames).relative_to(root).as_posix()
+               for i, suffix in enumerate(sorted(VIDEO_SUFFIXES))}
+    (root / "a" / "notes.txt").write_text("not a video")
+    (root / "a" / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    report = prepare(PrepareOptions("folder", root, tmp_path / "prepared", index=IndexOptions(val_fraction=0.0)))
+    assert report["splits"]["train"]["unreadable"] == 0
+    indexed = {row.split(",")[0] for row in (tmp_path / "prepared" / "train.csv").read_text().splitlines()[1:]}
+    assert indexed == written and len(written) == len(VIDEO_SUFFIXES)
+
+    assert main(["predict", str(root), "--model", str(trained_run), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r.get("error") for r in results] == [None] * len(written)
+    assert {Path(r["video"]).relative_to(root).as_posix() for r in results} == written
 
 
 # -- pieces -----------------------------------------------------------------------------------

@@ -8,12 +8,21 @@ from pathlib import Path
 import av
 import numpy as np
 
-# container suffix → (codec, pixel format)
+# container suffix → (codec, pixel format): every suffix stadapt.data.VIDEO_SUFFIXES accepts
 CODECS = {
     ".mp4": ("libx264", "yuv420p"),
     ".webm": ("libvpx-vp9", "yuv420p"),
     ".avi": ("mpeg4", "yuv420p"),
     ".mkv": ("libx264", "yuv420p"),
+    ".mov": ("libx264", "yuv420p"),
+    ".m4v": ("libx264", "yuv420p"),
+    ".3gp": ("libx264", "yuv420p"),
+    ".ts": ("libx264", "yuv420p"),
+    ".mpg": ("mpeg1video", "yuv420p"),
+    ".mpeg": ("mpeg2video", "yuv420p"),
+    ".wmv": ("wmv2", "yuv420p"),
+    ".flv": ("flv", "yuv420p"),
+    ".ogv": ("libvpx", "yuv420p"),  # VP8: this FFmpeg build has no Theora encoder
 }
 
 

@@ -22,8 +22,6 @@ from typing import Iterator, Optional, Sequence
 
 from stadapt.errors import DataError, not_utf8
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg",
-                            ".wmv", ".flv", ".3gp", ".ogv"})
 _SAFE_NAME = re.compile(r"[^/\\\x00]+")
 
 
