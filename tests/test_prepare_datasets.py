@@ -15,6 +15,7 @@ import pytest
 from stadapt.data.indexers import IndexOptions
 from stadapt.data.manifest import PreparedDataset
 from stadapt.data.prepare import PrepareOptions, prepare
+from stadapt.errors import DataError
 
 
 def run(dataset: str, root: Path, out: Path, **index_options) -> dict:
@@ -240,6 +241,50 @@ def test_k400_quoted_labels_layouts_and_missing_videos(k400, tmp_path):
     assert (t["indexed"], t["missing"], t["unreadable"], t["skipped"]) == (7, 2, 2, 1)
     assert t["skipped_rows"][0]["reason"] == "duplicate of line 4"
     assert problems(report, "train")["train/gone1_000001_000011.mp4"] == "missing"
+
+
+K400_NAMINGS = [("train.csv", "validate.csv"), ("kinetics_train.csv", "kinetics_val.csv"),
+                ("kinetics-400_train.csv", "kinetics-400_val.csv"),
+                ("kinetics-400_train.csv", "kinetics-400_validate.csv"),
+                ("kinetics400_train.csv", "kinetics400_val.csv"),
+                ("kinetics_400_train.csv", "kinetics_400_validation.csv")]
+
+
+@pytest.mark.parametrize("folder", ["annotations", ""])
+@pytest.mark.parametrize("train_name,val_name", K400_NAMINGS)
+def test_k400_annotation_names_of_every_release(k400, tmp_path, train_name, val_name, folder):
+    annotations = k400 / "annotations"
+    (annotations / "train.csv").rename(k400 / folder / train_name)
+    (annotations / "val.csv").rename(k400 / folder / val_name)
+    test_name = train_name.replace("train", "test")  # the unlabelled test split, not read
+    (k400 / folder / test_name).write_text("youtube_id,time_start,time_end,split\nt1,0,10,test\n")
+    run("k400", k400, tmp_path / "out")
+    assert {r["path"] for r in rows(tmp_path / "out", "val")} == {
+        "val/v1_000000_000010.mkv", "val/v2_000100_000110.webm"}
+    assert len(rows(tmp_path / "out", "train")) == 3
+
+
+def test_k400_mmaction2_layout(k400, tmp_path):
+    """What mmaction2's download tools write: annotations/kinetics_*.csv, videos_train/, videos_val/."""
+    (k400 / "annotations/train.csv").rename(k400 / "annotations/kinetics_train.csv")
+    (k400 / "annotations/val.csv").rename(k400 / "annotations/kinetics_val.csv")
+    (k400 / "train").rename(k400 / "videos_train")
+    (k400 / "val").rename(k400 / "videos_val")
+    run("k400", k400, tmp_path / "out")
+    assert {r["path"] for r in rows(tmp_path / "out", "val")} == {
+        "videos_val/v1_000000_000010.mkv", "videos_val/v2_000100_000110.webm"}
+    assert len(rows(tmp_path / "out", "train")) == 3
+
+
+def test_k400_without_annotations_names_every_file_it_looked_for(k400, tmp_path):
+    (k400 / "annotations/train.csv").rename(k400 / "annotations/train-list.csv")
+    with pytest.raises(DataError) as info:
+        run("k400", k400, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("Kinetics-400 train annotations: found no train.csv or ")
+    for name in ("train.csv", "kinetics_train.csv", "kinetics-400_train.csv", "kinetics400_train.csv", "annotations/"):
+        assert name in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_k400_bad_time_names_file_and_line(k400, tmp_path):
