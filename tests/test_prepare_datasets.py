@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from stadapt.data.decode import read_frames
 from stadapt.data.indexers import IndexOptions
 from stadapt.data.manifest import PreparedDataset
 from stadapt.data.prepare import PrepareOptions, prepare
@@ -151,6 +152,40 @@ def test_hmdb51_bad_split_id_names_file_and_line(hmdb51, tmp_path):
     path.write_text(path.read_text().replace("cartwheel_2.avi 1", "cartwheel_2.avi 5"))
     with pytest.raises(Exception, match=f"{path}:3: split id must be 0"):
         run("hmdb51", hmdb51, tmp_path / "out")
+
+
+# Official HMDB-51 names: brackets, '!', '#', parentheses and ';' all occur.
+HMDB_ODD_NAMES = {"cartwheel": ["(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi",
+                                "#20_Rhythm_clap_cartwheel_u_nm_np1_fr_goo_0.avi"],
+                  "sword_exercise": ["[HD]_Sword_Training;_sword_exercise_f_nm_np1_ri_bad_1.avi",
+                                     "Veoh_Alpha_sword_exercise_h_nm_np2_ba_goo_0.avi"]}
+
+
+@pytest.mark.parametrize("wrapper", ["hmdb51_org", "HMDB51 copy"])
+def test_hmdb51_under_a_wrapping_folder_without_the_first_class(tmp_path, make_video, wrapper):
+    """brush_hair, the first class, is not unpacked (yet): the wrapper still holds the others."""
+    root = tmp_path / "hmdb"
+    for cls, names in HMDB_ODD_NAMES.items():
+        for name in names:
+            make_video(root / wrapper / cls / name)
+    (root / "brush_hair").mkdir(parents=True)  # an empty stray folder at the top
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("Brushing_Hair_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n")
+    for cls, (train, test) in HMDB_ODD_NAMES.items():
+        (splits / f"{cls}_test_split1.txt").write_text(f"{train} 1 \n{test} 2 \n")
+    out = tmp_path / "out"
+    report = run("hmdb51", root, out)
+    assert report["videos_root"] == str((root / wrapper).resolve())
+    assert {r["path"]: r["label"] for r in rows(out, "train")} == {
+        "cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi": "1",
+        "sword_exercise/[HD]_Sword_Training;_sword_exercise_f_nm_np1_ri_bad_1.avi": "2"}
+    assert {r["path"]: r["label"] for r in rows(out, "val")} == {
+        "cartwheel/#20_Rhythm_clap_cartwheel_u_nm_np1_fr_goo_0.avi": "1",
+        "sword_exercise/Veoh_Alpha_sword_exercise_h_nm_np2_ba_goo_0.avi": "2"}
+    assert problems(report, "train") == {"brush_hair/Brushing_Hair_brush_hair_u_nm_np1_ba_goo_0.avi": "missing"}
+    samples = PreparedDataset.open(out).samples("train")
+    assert read_frames(samples[1].path, [0, 5]).shape == (2, 32, 32, 3)  # '[', ';' in the name
 
 
 # -- Something-Something-v2 ------------------------------------------------------------------
