@@ -26,9 +26,11 @@ CODECS = {
 }
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str | None = None,
+def write_video(path: str | Path, frames: np.ndarray, fps: int | Fraction = 25, codec: str | None = None,
                 pix_fmt: str | None = None, gop: int | None = None) -> Path:
-    """Encode `frames` (T×H×W×3 uint8 RGB, even H and W) to `path`; the suffix picks the codec."""
+    """Encode `frames` (T×H×W×3 uint8 RGB, even H and W) to `path`; the suffix picks the codec.
+
+    `fps` may be a Fraction for NTSC rates such as 30000/1001 (29.97)."""
     path = Path(path)
     default_codec, default_fmt = CODECS.get(path.suffix.lower(), CODECS[".mp4"])
     codec, pix_fmt = codec or default_codec, pix_fmt or default_fmt
