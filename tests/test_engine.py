@@ -189,6 +189,59 @@ def test_a_second_training_on_the_same_run_directory_is_refused(recipe_file, tmp
             train(str(recipe_file), out=str(run))
 
 
+def tree(root: Path) -> dict[str, object]:
+    """Every path under `root` with its bytes (files) or target (symbolic links)."""
+    found: dict[str, object] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = path.relative_to(root).as_posix()
+            found[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+    return found
+
+
+def test_a_failed_start_changes_nothing_on_disk(trained_run, recipe_file, data_root, tmp_path, monkeypatch, capsys):
+    """A good run and runs/latest exist; starts that fail before their first step leave them be."""
+    work = tmp_path / "work"
+    shutil.copytree(trained_run.parent.parent, work, symlinks=True)
+    monkeypatch.chdir(work)
+    assert Path("runs/latest").resolve() == (work / "runs/trained").resolve()
+    (work / "kept").mkdir()
+    (work / "kept" / "notes.txt").write_text("mine")
+    no_classes = tmp_path / "no-classes"
+    no_classes.mkdir()
+    (no_classes / "report.json").write_text(json.dumps({"videos_root": str(data_root / "videos")}))
+    bad_manifest = tmp_path / "bad-manifest"
+    shutil.copytree(data_root, bad_manifest, ignore=shutil.ignore_patterns("videos"))
+    (bad_manifest / "train.csv").write_text("path,label,num_frames\nx.mp4,two,8\n")
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(os.urandom(2000))
+    tiny = str(recipe_file)
+    cases = {  # what fails → (recipe, overrides, what the one line says)
+        "no data prepared": (str(REPO / "recipes/k400_vitb.yaml"), [], "data.root = 'data/k400' is not a directory"),
+        "missing data root": (tiny, [f"data.root={tmp_path / 'nowhere'}"], "is not a directory"),
+        "no classes.txt": (tiny, [f"data.root={no_classes}"], "classes.txt: missing"),
+        "unreadable manifest": (tiny, [f"data.root={bad_manifest}"], "train.csv:2: label is not an integer"),
+        "class count": (tiny, ["model.num_classes=7"], "model.num_classes = 7, but"),
+        "bad pretrained file": (tiny, [f"model.pretrained={weights}"], f"cannot load checkpoint {weights}"),
+        "missing init_from": (tiny, [f"model.init_from={tmp_path / 'none.safetensors'}"], "none.safetensors"),
+    }
+    before = tree(work)
+    for case, (recipe, overrides, message) in cases.items():
+        for out in ([], ["--out", "X"], ["--out", "kept"]):
+            args = ["train", recipe, *[a for s in overrides for a in ("--set", s)], *out]
+            assert main(args) == 2, (case, out)
+            err = capsys.readouterr().err.strip()
+            assert message in err and len(err.splitlines()) == 1, (case, out, err)
+            assert tree(work) == before, (case, out)
+    assert main(["train", str(recipe_file), "--out", "kept/notes.txt"]) == 2
+    assert "--out kept/notes.txt is a file, not a directory" in capsys.readouterr().err
+    assert tree(work) == before
+    video = sorted((data_root / "videos").glob("*/*.mp4"))[0]
+    assert main(["predict", str(video), "--json"]) == 0
+    assert "predictions" in json.loads(capsys.readouterr().out)[0]
+
+
 def test_an_existing_run_needs_resume(trained_run, recipe_file, capsys):
     assert main(["train", str(recipe_file), "--out", str(trained_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
