@@ -13,12 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from stadapt.cli import main
+from stadapt.data import VIDEO_SUFFIXES
+from stadapt.data.encode import write_video
+from stadapt.data.indexers import IndexOptions
 from stadapt.data.manifest import read_manifest, write_classes, write_manifest, write_report
+from stadapt.data.prepare import PrepareOptions, prepare
 from stadapt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from stadapt.engine import train as train_module
 from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -182,6 +187,59 @@ def test_a_second_training_on_the_same_run_directory_is_refused(recipe_file, tmp
         with monkeypatch.context() as patch:
             patch.setattr(train_module.Trainer, "run", lambda self: sys.exit(0))
             train(str(recipe_file), out=str(run))
+
+
+def tree(root: Path) -> dict[str, object]:
+    """Every path under `root` with its bytes (files) or target (symbolic links)."""
+    found: dict[str, object] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = path.relative_to(root).as_posix()
+            found[key] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+    return found
+
+
+def test_a_failed_start_changes_nothing_on_disk(trained_run, recipe_file, data_root, tmp_path, monkeypatch, capsys):
+    """A good run and runs/latest exist; starts that fail before their first step leave them be."""
+    work = tmp_path / "work"
+    shutil.copytree(trained_run.parent.parent, work, symlinks=True)
+    monkeypatch.chdir(work)
+    assert Path("runs/latest").resolve() == (work / "runs/trained").resolve()
+    (work / "kept").mkdir()
+    (work / "kept" / "notes.txt").write_text("mine")
+    no_classes = tmp_path / "no-classes"
+    no_classes.mkdir()
+    (no_classes / "report.json").write_text(json.dumps({"videos_root": str(data_root / "videos")}))
+    bad_manifest = tmp_path / "bad-manifest"
+    shutil.copytree(data_root, bad_manifest, ignore=shutil.ignore_patterns("videos"))
+    (bad_manifest / "train.csv").write_text("path,label,num_frames\nx.mp4,two,8\n")
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(os.urandom(2000))
+    tiny = str(recipe_file)
+    cases = {  # what fails → (recipe, overrides, what the one line says)
+        "no data prepared": (str(REPO / "recipes/k400_vitb.yaml"), [], "data.root = 'data/k400' is not a directory"),
+        "missing data root": (tiny, [f"data.root={tmp_path / 'nowhere'}"], "is not a directory"),
+        "no classes.txt": (tiny, [f"data.root={no_classes}"], "classes.txt: missing"),
+        "unreadable manifest": (tiny, [f"data.root={bad_manifest}"], "train.csv:2: label is not an integer"),
+        "class count": (tiny, ["model.num_classes=7"], "model.num_classes = 7, but"),
+        "bad pretrained file": (tiny, [f"model.pretrained={weights}"], f"cannot load checkpoint {weights}"),
+        "missing init_from": (tiny, [f"model.init_from={tmp_path / 'none.safetensors'}"], "none.safetensors"),
+    }
+    before = tree(work)
+    for case, (recipe, overrides, message) in cases.items():
+        for out in ([], ["--out", "X"], ["--out", "kept"]):
+            args = ["train", recipe, *[a for s in overrides for a in ("--set", s)], *out]
+            assert main(args) == 2, (case, out)
+            err = capsys.readouterr().err.strip()
+            assert message in err and len(err.splitlines()) == 1, (case, out, err)
+            assert tree(work) == before, (case, out)
+    assert main(["train", str(recipe_file), "--out", "kept/notes.txt"]) == 2
+    assert "--out kept/notes.txt is a file, not a directory" in capsys.readouterr().err
+    assert tree(work) == before
+    video = sorted((data_root / "videos").glob("*/*.mp4"))[0]
+    assert main(["predict", str(video), "--json"]) == 0
+    assert "predictions" in json.loads(capsys.readouterr().out)[0]
 
 
 def test_an_existing_run_needs_resume(trained_run, recipe_file, capsys):
@@ -367,6 +425,24 @@ def test_predict_answers_each_video_and_reports_broken_ones(trained_run, data_ro
     monkeypatch.chdir(tmp_path)  # no runs/latest here
     assert main(["predict", str(files[0])]) == 2
     assert "runs/latest does not exist" in capsys.readouterr().err
+
+
+def test_predict_answers_every_video_that_prepare_folder_indexes(trained_run, tmp_path, capsys):
+    frames = np.random.default_rng(0).integers(0, 256, (8, 48, 64, 3), dtype=np.uint8)
+    root = tmp_path / "mine"
+    written = {write_video(root / ("a", "b")[i % 2] / f"clip{suffix}", frames).relative_to(root).as_posix()
+               for i, suffix in enumerate(sorted(VIDEO_SUFFIXES))}
+    (root / "a" / "notes.txt").write_text("not a video")
+    (root / "a" / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    report = prepare(PrepareOptions("folder", root, tmp_path / "prepared", index=IndexOptions(val_fraction=0.0)))
+    assert report["splits"]["train"]["unreadable"] == 0
+    indexed = {row.split(",")[0] for row in (tmp_path / "prepared" / "train.csv").read_text().splitlines()[1:]}
+    assert indexed == written and len(written) == len(VIDEO_SUFFIXES)
+
+    assert main(["predict", str(root), "--model", str(trained_run), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r.get("error") for r in results] == [None] * len(written)
+    assert {Path(r["video"]).relative_to(root).as_posix() for r in results} == written
 
 
 # -- pieces -----------------------------------------------------------------------------------

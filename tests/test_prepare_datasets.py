@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import csv
 import json
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
+from stadapt.data.decode import read_frames
+from stadapt.data.encode import write_video
 from stadapt.data.indexers import IndexOptions
 from stadapt.data.manifest import PreparedDataset
 from stadapt.data.prepare import PrepareOptions, prepare
+from stadapt.data.sampling import clip_indices
+from stadapt.errors import DataError
+from stadapt.recipe import DataConfig
 
 
 def run(dataset: str, root: Path, out: Path, **index_options) -> dict:
@@ -152,6 +160,40 @@ def test_hmdb51_bad_split_id_names_file_and_line(hmdb51, tmp_path):
         run("hmdb51", hmdb51, tmp_path / "out")
 
 
+# Official HMDB-51 names: brackets, '!', '#', parentheses and ';' all occur.
+HMDB_ODD_NAMES = {"cartwheel": ["(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi",
+                                "#20_Rhythm_clap_cartwheel_u_nm_np1_fr_goo_0.avi"],
+                  "sword_exercise": ["[HD]_Sword_Training;_sword_exercise_f_nm_np1_ri_bad_1.avi",
+                                     "Veoh_Alpha_sword_exercise_h_nm_np2_ba_goo_0.avi"]}
+
+
+@pytest.mark.parametrize("wrapper", ["hmdb51_org", "HMDB51 copy"])
+def test_hmdb51_under_a_wrapping_folder_without_the_first_class(tmp_path, make_video, wrapper):
+    """brush_hair, the first class, is not unpacked (yet): the wrapper still holds the others."""
+    root = tmp_path / "hmdb"
+    for cls, names in HMDB_ODD_NAMES.items():
+        for name in names:
+            make_video(root / wrapper / cls / name)
+    (root / "brush_hair").mkdir(parents=True)  # an empty stray folder at the top
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("Brushing_Hair_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n")
+    for cls, (train, test) in HMDB_ODD_NAMES.items():
+        (splits / f"{cls}_test_split1.txt").write_text(f"{train} 1 \n{test} 2 \n")
+    out = tmp_path / "out"
+    report = run("hmdb51", root, out)
+    assert report["videos_root"] == str((root / wrapper).resolve())
+    assert {r["path"]: r["label"] for r in rows(out, "train")} == {
+        "cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi": "1",
+        "sword_exercise/[HD]_Sword_Training;_sword_exercise_f_nm_np1_ri_bad_1.avi": "2"}
+    assert {r["path"]: r["label"] for r in rows(out, "val")} == {
+        "cartwheel/#20_Rhythm_clap_cartwheel_u_nm_np1_fr_goo_0.avi": "1",
+        "sword_exercise/Veoh_Alpha_sword_exercise_h_nm_np2_ba_goo_0.avi": "2"}
+    assert problems(report, "train") == {"brush_hair/Brushing_Hair_brush_hair_u_nm_np1_ba_goo_0.avi": "missing"}
+    samples = PreparedDataset.open(out).samples("train")
+    assert read_frames(samples[1].path, [0, 5]).shape == (2, 32, 32, 3)  # '[', ';' in the name
+
+
 # -- Something-Something-v2 ------------------------------------------------------------------
 
 SSV2_LABELS = {"Putting something on a surface": "1", "Holding something next to something": "0",
@@ -243,6 +285,50 @@ def test_k400_quoted_labels_layouts_and_missing_videos(k400, tmp_path):
     assert problems(report, "train")["train/gone1_000001_000011.mp4"] == "missing"
 
 
+K400_NAMINGS = [("train.csv", "validate.csv"), ("kinetics_train.csv", "kinetics_val.csv"),
+                ("kinetics-400_train.csv", "kinetics-400_val.csv"),
+                ("kinetics-400_train.csv", "kinetics-400_validate.csv"),
+                ("kinetics400_train.csv", "kinetics400_val.csv"),
+                ("kinetics_400_train.csv", "kinetics_400_validation.csv")]
+
+
+@pytest.mark.parametrize("folder", ["annotations", ""])
+@pytest.mark.parametrize("train_name,val_name", K400_NAMINGS)
+def test_k400_annotation_names_of_every_release(k400, tmp_path, train_name, val_name, folder):
+    annotations = k400 / "annotations"
+    (annotations / "train.csv").rename(k400 / folder / train_name)
+    (annotations / "val.csv").rename(k400 / folder / val_name)
+    test_name = train_name.replace("train", "test")  # the unlabelled test split, not read
+    (k400 / folder / test_name).write_text("youtube_id,time_start,time_end,split\nt1,0,10,test\n")
+    run("k400", k400, tmp_path / "out")
+    assert {r["path"] for r in rows(tmp_path / "out", "val")} == {
+        "val/v1_000000_000010.mkv", "val/v2_000100_000110.webm"}
+    assert len(rows(tmp_path / "out", "train")) == 3
+
+
+def test_k400_mmaction2_layout(k400, tmp_path):
+    """What mmaction2's download tools write: annotations/kinetics_*.csv, videos_train/, videos_val/."""
+    (k400 / "annotations/train.csv").rename(k400 / "annotations/kinetics_train.csv")
+    (k400 / "annotations/val.csv").rename(k400 / "annotations/kinetics_val.csv")
+    (k400 / "train").rename(k400 / "videos_train")
+    (k400 / "val").rename(k400 / "videos_val")
+    run("k400", k400, tmp_path / "out")
+    assert {r["path"] for r in rows(tmp_path / "out", "val")} == {
+        "videos_val/v1_000000_000010.mkv", "videos_val/v2_000100_000110.webm"}
+    assert len(rows(tmp_path / "out", "train")) == 3
+
+
+def test_k400_without_annotations_names_every_file_it_looked_for(k400, tmp_path):
+    (k400 / "annotations/train.csv").rename(k400 / "annotations/train-list.csv")
+    with pytest.raises(DataError) as info:
+        run("k400", k400, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("Kinetics-400 train annotations: found no train.csv or ")
+    for name in ("train.csv", "kinetics_train.csv", "kinetics-400_train.csv", "kinetics400_train.csv", "annotations/"):
+        assert name in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_k400_bad_time_names_file_and_line(k400, tmp_path):
     path = k400 / "annotations" / "val.csv"
     path.write_text(path.read_text().replace(",100,", ",1e2,"))
@@ -256,28 +342,41 @@ EK_HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_tim
              "start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
 
 
+def ek_timestamp(seconds: float) -> str:
+    """EPIC's HH:MM:SS.ss, e.g. 00:00:48.30."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes // 60):02d}:{int(minutes % 60):02d}:{rest:05.2f}"
+
+
 def ek_row(nid, participant, video, start, stop, verb, noun):
-    return (f'{nid},{participant},{video},00:00:01.00,00:00:01.00,00:00:02.00,{start},{stop},'
-            f'"do it",v,{verb},n,{noun},"[\'n\']",[{noun}]\n')
+    """A row of EPIC_100_train.csv for the segment start..stop seconds. Its start_frame /
+    stop_frame count frames at 60 fps from 1, as the official files do for every video."""
+    return (f'{nid},{participant},{video},{ek_timestamp(start)},{ek_timestamp(start)},{ek_timestamp(stop)},'
+            f'{round(start * 60) + 1},{round(stop * 60) + 1},"do it",v,{verb},n,{noun},"[\'n\']",[{noun}]\n')
 
 
-@pytest.fixture
-def ek100(tmp_path, make_video) -> Path:
-    root = tmp_path / "epic"
-    ann = root / "epic-kitchens-100-annotations"
-    ann.mkdir(parents=True)
+def write_ek_classes(ann: Path) -> None:
+    ann.mkdir(parents=True, exist_ok=True)
     (ann / "EPIC_100_verb_classes.csv").write_text(
         "id,key,instances,category\n0,take,\"['take']\",retrieve\n1,put,\"['put']\",leave\n2,wash,\"['wash']\",clean\n")
     (ann / "EPIC_100_noun_classes.csv").write_text(
         "id,key,instances,category\n0,tap,\"['tap']\",appliances\n1,plate,\"['plate']\",crockery\n"
         "2,knife,\"['knife']\",cutlery\n3,cup,\"['cup']\",crockery\n")
-    (ann / "EPIC_100_train.csv").write_text(EK_HEADER + ek_row("P01_01_0", "P01", "P01_01", 1, 3, 0, 1)
-                                            + ek_row("P01_01_1", "P01", "P01_01", 2, 5, 2, 3)
-                                            + ek_row("P01_02_0", "P01", "P01_02", 1, 4, 1, 0)  # corrupt
-                                            + ek_row("P02_01_0", "P02", "P02_01", 1, 4, 1, 0)  # missing
-                                            + ek_row("P03_01_0", "P03", "P03_01", 1, 4, 1, 0)  # zero bytes
-                                            + ek_row("P01_01_2", "P01", "P01_01", 1, 4, 5, 0))  # verb 5: skipped
-    (ann / "EPIC_100_validation.csv").write_text(EK_HEADER + ek_row("P04_01_0", "P04", "P04_01", 0, 5, 1, 2))
+
+
+@pytest.fixture
+def ek100(tmp_path, make_video) -> Path:
+    """Videos of 6 frames at 25 fps (0.24 s)."""
+    root = tmp_path / "epic"
+    ann = root / "epic-kitchens-100-annotations"
+    write_ek_classes(ann)
+    (ann / "EPIC_100_train.csv").write_text(EK_HEADER + ek_row("P01_01_0", "P01", "P01_01", 0.00, 0.12, 0, 1)
+                                            + ek_row("P01_01_1", "P01", "P01_01", 0.04, 0.20, 2, 3)
+                                            + ek_row("P01_02_0", "P01", "P01_02", 0.04, 0.16, 1, 0)  # corrupt
+                                            + ek_row("P02_01_0", "P02", "P02_01", 0.04, 0.16, 1, 0)  # missing
+                                            + ek_row("P03_01_0", "P03", "P03_01", 0.04, 0.16, 1, 0)  # zero bytes
+                                            + ek_row("P01_01_2", "P01", "P01_01", 0.04, 0.16, 5, 0))  # verb 5: skipped
+    (ann / "EPIC_100_validation.csv").write_text(EK_HEADER + ek_row("P04_01_0", "P04", "P04_01", 0.0, 0.24, 1, 2))
     make_video(root / "P01/videos/P01_01.MP4")
     make_video(root / "P01/videos/P01_02.MP4", "corrupt")
     make_video(root / "P03/videos/P03_01.MP4", "empty")
@@ -294,7 +393,7 @@ def test_ek100_segments_with_verb_and_noun(ek100, tmp_path):
     train = rows(out, "train")
     assert list(train[0]) == ["path", "label", "verb", "noun", "num_frames", "fps", "start_frame", "stop_frame"]
     assert [(r["path"], r["label"], r["verb"], r["noun"], r["start_frame"], r["stop_frame"], r["num_frames"])
-            for r in train] == [("P01/videos/P01_01.MP4", "0", "0", "1", "0", "2", "6"),  # 1-based → 0-based
+            for r in train] == [("P01/videos/P01_01.MP4", "0", "0", "1", "0", "2", "6"),  # 0.00-0.12 s at 25 fps
                                 ("P01/videos/P01_01.MP4", "2", "2", "3", "1", "4", "6")]
     assert [(r["path"], r["verb"], r["noun"]) for r in rows(out, "val")] == [("P04/videos/P04_01.MP4", "1", "2")]
     t = report["splits"]["train"]
@@ -302,6 +401,59 @@ def test_ek100_segments_with_verb_and_noun(ek100, tmp_path):
     assert report["classes"] == {"label": 3, "verb": 3, "noun": 4}
     samples = PreparedDataset.open(out).samples("train", heads={"verb": 3, "noun": 4})
     assert (samples[1].labels, samples[1].start_frame, samples[1].stop_frame) == ({"verb": 2, "noun": 3}, 1, 4)
+
+
+# EPIC's frame rates; start_frame/stop_frame of the CSV count at 60 fps for all of them.
+EK_RATES = {"P10_01": Fraction(30000, 1001), "P10_02": Fraction(48000, 1001), "P10_03": Fraction(60000, 1001),
+            "P10_04": Fraction(90)}
+EK_SEGMENTS = [(1.50, 2.25), (2.40, 2.95)]
+
+
+def test_ek100_segments_are_placed_by_timestamp_at_each_videos_frame_rate(tmp_path):
+    root = tmp_path / "epic"
+    write_ek_classes(root)
+    noise = np.random.default_rng(0).integers(0, 256, (270, 32, 32, 3), dtype=np.uint8)
+    train, n = EK_HEADER, 0
+    for video, rate in EK_RATES.items():  # 3 s of each
+        write_video(root / "P10" / "videos" / f"{video}.MP4", noise[:int(3 * rate)], fps=rate)
+        for start, stop in EK_SEGMENTS:
+            train += ek_row(f"{video}_{n}", "P10", video, start, stop, n % 3, n % 4)
+            n += 1
+    train += ek_row("P10_04_late", "P10", "P10_04", 3.50, 4.00, 0, 0)  # after the video's end
+    (root / "EPIC_100_train.csv").write_text(train)
+    (root / "EPIC_100_validation.csv").write_text(EK_HEADER + ek_row("P10_01_v", "P10", "P10_01", 0.5, 1.0, 1, 2))
+    out = tmp_path / "out"
+    report = run("ek100", root, out)
+
+    samples = PreparedDataset.open(out).samples("train", heads={"verb": 3, "noun": 4})
+    assert len(samples) == 8
+    data = DataConfig(sampling="uniform", num_frames=8)
+    for sample, (start, stop) in zip(samples, EK_SEGMENTS * 4):
+        rate = EK_RATES[sample.path.stem]
+        assert sample.fps == pytest.approx(float(rate), rel=1e-6)  # the probe keeps 6 decimals
+        with av.open(str(sample.path)) as container:  # when each frame is on screen, as the file says
+            shown = [float(frame.time) for frame in container.decode(video=0)]
+        assert sample.num_frames == len(shown) == int(3 * rate)
+        first, last = sample.start_frame, sample.stop_frame
+        period = float(1 / rate)  # frame i is on screen from shown[i] for one period
+        assert shown[first] <= start < shown[first] + period, (sample.path.name, start, first)
+        assert shown[last] < stop <= shown[last] + period + 1e-9, (sample.path.name, stop, last)
+        for seed in range(10):
+            picked = clip_indices(data, sample.num_frames, np.random.default_rng(seed), 1, first, last)
+            assert first <= picked.min() and picked.max() <= last
+        views = clip_indices(data, sample.num_frames, None, 3, first, last)
+        assert all(start - period <= shown[i] < stop for i in views.reshape(-1))
+    assert report["splits"]["train"]["skipped_rows"] == [{
+        "where": f"{root / 'EPIC_100_train.csv'}:10",
+        "reason": "segment starts at 3.50 s, after the end of P10/videos/P10_04.MP4 (270 frames at 90.00 fps)"}]
+
+
+def test_ek100_malformed_timestamp_names_file_and_line(ek100, tmp_path):
+    path = ek100 / "epic-kitchens-100-annotations" / "EPIC_100_train.csv"
+    path.write_text(path.read_text().replace("00:00:00.20", "0:0:0.2", 1))
+    with pytest.raises(DataError, match=f"{path}:3: stop_timestamp must read HH:MM:SS.ss like 00:00:48.30, "
+                                        "got '0:0:0.2'"):
+        run("ek100", ek100, tmp_path / "out")
 
 
 # -- folder and csv --------------------------------------------------------------------------

@@ -8,18 +8,29 @@ from pathlib import Path
 import av
 import numpy as np
 
-# container suffix → (codec, pixel format)
+# container suffix → (codec, pixel format): every suffix stadapt.data.VIDEO_SUFFIXES accepts
 CODECS = {
     ".mp4": ("libx264", "yuv420p"),
     ".webm": ("libvpx-vp9", "yuv420p"),
     ".avi": ("mpeg4", "yuv420p"),
     ".mkv": ("libx264", "yuv420p"),
+    ".mov": ("libx264", "yuv420p"),
+    ".m4v": ("libx264", "yuv420p"),
+    ".3gp": ("libx264", "yuv420p"),
+    ".ts": ("libx264", "yuv420p"),
+    ".mpg": ("mpeg1video", "yuv420p"),
+    ".mpeg": ("mpeg2video", "yuv420p"),
+    ".wmv": ("wmv2", "yuv420p"),
+    ".flv": ("flv", "yuv420p"),
+    ".ogv": ("libvpx", "yuv420p"),  # VP8: this FFmpeg build has no Theora encoder
 }
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str | None = None,
+def write_video(path: str | Path, frames: np.ndarray, fps: int | Fraction = 25, codec: str | None = None,
                 pix_fmt: str | None = None, gop: int | None = None) -> Path:
-    """Encode `frames` (T×H×W×3 uint8 RGB, even H and W) to `path`; the suffix picks the codec."""
+    """Encode `frames` (T×H×W×3 uint8 RGB, even H and W) to `path`; the suffix picks the codec.
+
+    `fps` may be a Fraction for NTSC rates such as 30000/1001 (29.97)."""
     path = Path(path)
     default_codec, default_fmt = CODECS.get(path.suffix.lower(), CODECS[".mp4"])
     codec, pix_fmt = codec or default_codec, pix_fmt or default_fmt

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stadapt.data.indexers import INDEXERS, Candidate, Index, IndexOptions
+from stadapt.data.indexers import INDEXERS, Candidate, Index, IndexOptions, Skipped
+from stadapt.data.indexers.base import segment_frames
 from stadapt.data.indexers.folder import index_files
 from stadapt.data.manifest import SPLITS, PreparedDataset, classes_file, classes_text, manifest_text, report_text
 from stadapt.data.probe import CACHE_NAME, ProbeCache, UnreadableVideo, VideoInfo, probe_many
@@ -154,7 +155,7 @@ def _settings(options: PrepareOptions) -> dict[str, Any]:
 
 def _columns(index: Index) -> list[str]:
     heads = [head for head in index.classes if head != "label"]
-    segments = any(c.start_frame is not None for rows in index.splits.values() for c in rows)
+    segments = any(c.segment is not None for rows in index.splits.values() for c in rows)
     return ["path", "label", *heads, "num_frames", "fps", *(("start_frame", "stop_frame") if segments else ())]
 
 
@@ -163,18 +164,27 @@ def _split_rows(index: Index, split: str, videos_root: Path, outcomes: dict[Path
     """Manifest rows for the usable samples of `split`, and its entry in report.json.
 
     Counts are of samples (an EPIC-Kitchens video holds many); each problem file is listed once.
+    A segment becomes frames at the video's own rate; one that starts after the video ends is
+    a skipped row.
     """
     rows, problems, listed = [], [], set()
+    skipped = list(index.skipped.get(split, []))
     missing = unreadable = 0
     candidates: list[Candidate] = index.splits.get(split, [])
     for candidate in candidates:
         outcome = outcomes.get(videos_root / candidate.path)
         if isinstance(outcome, VideoInfo):
-            rows.append({
-                "path": candidate.path.as_posix(), **candidate.labels,
-                "num_frames": outcome.num_frames, "fps": outcome.fps,
-                "start_frame": candidate.start_frame, "stop_frame": candidate.stop_frame,
-            })
+            row = {"path": candidate.path.as_posix(), **candidate.labels,
+                   "num_frames": outcome.num_frames, "fps": outcome.fps}
+            if candidate.segment is not None:
+                first, last = segment_frames(candidate.segment, outcome.fps)
+                if first >= outcome.num_frames:
+                    skipped.append(Skipped(candidate.where, (
+                        f"segment starts at {candidate.segment[0]:.2f} s, after the end of {candidate.path.as_posix()} "
+                        f"({outcome.num_frames} frames at {outcome.fps:.2f} fps)")))
+                    continue
+                row["start_frame"], row["stop_frame"] = first, min(last, outcome.num_frames - 1)
+            rows.append(row)
             continue
         if outcome is None:
             missing += 1
@@ -185,7 +195,6 @@ def _split_rows(index: Index, split: str, videos_root: Path, outcomes: dict[Path
         if candidate.path not in listed:
             listed.add(candidate.path)
             problems.append(problem)
-    skipped = index.skipped.get(split, [])
     summary = {
         "indexed": len(candidates), "videos": len(rows), "missing": missing, "unreadable": unreadable,
         "skipped": len(skipped), "classes": len({row["label"] for row in rows}), "problems": problems,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from stadapt.data import VIDEO_SUFFIXES, is_video_file
 from stadapt.data.dataset import VideoDataset
 from stadapt.data.decode import VideoReadError, read_frames
 from stadapt.data.manifest import Sample
@@ -26,8 +27,6 @@ from stadapt.errors import RecipeError, StadaptError
 from stadapt.model.runtime import autocast, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, recipe_from_dict
-
-VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 
 
 def resolve_model_dir(model: Optional[str]) -> Path:
@@ -54,7 +53,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Optional[str]]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            videos = sorted(p for p in path.rglob("*") if is_video_file(p))
             out += [(str(v), None) for v in videos]
             if not videos:
                 out.append((item, f"{item}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this directory"))

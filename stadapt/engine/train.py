@@ -164,9 +164,8 @@ class Trainer:
                             self.pos.batches_in_epoch * self.micro * ctx.world_size)
         self.loader = train_loader(self.train_set, stream, t.workers, pin_memory=self.device.type == "cuda")
         self.stop = StopRequest()
-        self.log: Optional[MetricsLog] = None
-        if ctx.is_main:
-            self.log = MetricsLog(run_dir, resume_step=self.pos.step if checkpoint is not None else None)
+        self.resumed = checkpoint is not None
+        self.log: Optional[MetricsLog] = None  # opened by run(): building a Trainer writes nothing
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -207,6 +206,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         t = self.recipe.train
+        if self.ctx.is_main:
+            self.log = MetricsLog(self.run_dir, resume_step=self.pos.step if self.resumed else None)
         self.describe()
         progress = TrainProgress(t.steps, self.pos.step, enabled=self.ctx.is_main, console=self.console)
         window = torch.zeros(len(STATS), dtype=torch.float64)
@@ -391,7 +392,12 @@ class Trainer:
 
 def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = None, resume: bool = False,
           console: Optional[Console] = None) -> TrainResult:
-    """`stadapt train RECIPE [--set ...] [--out RUN_DIR] [--resume]`, in this process (one rank)."""
+    """`stadapt train RECIPE [--set ...] [--out RUN_DIR] [--resume]`, in this process (one rank).
+
+    Everything that can make a start fail (the recipe, the run directory's state, the data,
+    the model and its files, the checkpoint) is checked before the run directory is created,
+    recipe.yaml written or runs/latest re-pointed: a failed start changes nothing on disk.
+    """
     console = console or Console()
     ctx = distributed.setup()
     lock: Optional[FileLock] = None
@@ -402,25 +408,36 @@ def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = N
         checkpoint_path = run_dir / CHECKPOINT_FILE
         resuming = resume and checkpoint_path.exists()
 
-        def prepare_run_dir() -> None:
+        def check_run_dir() -> None:
+            """Read-only, but for the lock of a directory that exists (its file goes with the lock)."""
             nonlocal lock
+            if run_dir.exists() and not run_dir.is_dir():
+                raise StadaptError(f"--out {run_dir} is a file, not a directory")
+            if run_dir.is_dir():
+                lock = lock_run_dir(run_dir)
             if checkpoint_path.exists() and not resume:
                 raise StadaptError(f"{run_dir} already holds a run ({CHECKPOINT_FILE}); pass --resume to continue "
                                    "it, or choose another --out")
-            lock = lock_run_dir(run_dir)
             if resuming:
                 check_resumable(run_dir, recipe)
-            elif resume:
+
+        def start_run_dir() -> None:
+            nonlocal lock
+            if lock is None:
+                lock = lock_run_dir(run_dir)  # creates the directory
+            if resume and not resuming:
                 console.print(f"[yellow]note:[/] nothing to resume in {run_dir}; starting a new run")
             write_recipe(run_dir, recipe)
             point_latest(run_dir)
 
-        _on_main(ctx, prepare_run_dir)
+        _on_main(ctx, check_run_dir)
         checkpoint = load_checkpoint(checkpoint_path) if resuming else None
         hint = shlex.join(["stadapt", "train", recipe_arg, *[a for s in overrides for a in ("--set", s)],
                            "--out", str(run_dir), "--resume"])
         try:
-            return Trainer(recipe, run_dir, ctx, checkpoint, hint, console).run()
+            trainer = Trainer(recipe, run_dir, ctx, checkpoint, hint, console)
+            _on_main(ctx, start_run_dir)
+            return trainer.run()
         except RuntimeError as exc:
             if not distributed.peer_failure(ctx, exc):
                 raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,20 +23,32 @@ from typing import Iterator, Optional, Sequence
 
 from stadapt.errors import DataError, not_utf8
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg",
-                            ".wmv", ".flv", ".3gp", ".ogv"})
 _SAFE_NAME = re.compile(r"[^/\\\x00]+")
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One sample an annotation file lists: a video (relative to the videos root, or
-    absolute) and its label per head, optionally a segment of it."""
+    absolute) and its label per head, optionally a segment of it.
+
+    A segment is given in seconds: annotations number frames at one rate for all videos,
+    while the videos have their own, which only probing tells (`segment_frames`).
+    """
 
     path: Path
     labels: dict[str, int]
-    start_frame: Optional[int] = None
-    stop_frame: Optional[int] = None
+    segment: Optional[tuple[float, float]] = None  # start, stop in seconds
+    where: str = ""  # file:line of the annotation, for the report
+
+
+def segment_frames(segment: tuple[float, float], fps: float) -> tuple[int, int]:
+    """The 0-based frames (first, last, both included) shown during `segment` (seconds) of a
+    video at `fps`: frame i is on screen from i/fps to (i+1)/fps."""
+    tolerance = 1e-6  # 1.2 s × 25 fps is 30.000000000000004 in floating point
+    start, stop = segment
+    first = math.floor(start * fps + tolerance)
+    last = math.ceil(stop * fps - tolerance) - 1
+    return first, max(last, first)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import os
 import random
 from pathlib import Path
 
-from stadapt.data.indexers.base import VIDEO_SUFFIXES, Candidate, Index, IndexOptions
+from stadapt.data import is_video_file
+from stadapt.data.indexers.base import Candidate, Index, IndexOptions
 from stadapt.errors import DataError
 
 
@@ -21,7 +22,7 @@ def list_videos(root: Path) -> list[tuple[Path, str]]:
     found = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".") and path.is_file():
+            if is_video_file(path):
                 found.append((path.relative_to(root), class_dir.name))
     return found
 

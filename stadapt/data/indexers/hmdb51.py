@@ -2,7 +2,9 @@
 
 Each class has one file per split, `{class}_test_split{N}.txt`, whose lines `{name}.avi ID`
 put the video in training (1), testing (2, our `val`) or neither (0). Classes are the
-class names sorted; the class set comes from the split files.
+class names sorted; the class set comes from the split files. The class folders are in
+ROOT or in one folder inside it (`hmdb51_org/` as the archive unpacks, or any other name),
+whichever holds most of them; file names hold `[ ] ! # ( ) ;`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from stadapt.data.indexers.base import (
 from stadapt.errors import DataError
 
 SPLIT_FOLDERS = ("testTrainMulti_7030_splits", "test_train_splits", "splits", "annotations")
-VIDEO_FOLDERS = ("hmdb51_org", "hmdb51", "HMDB51", "videos")
 _SPLIT_FILE = re.compile(r"(?P<name>.+)_test_split(?P<split>[123])\.txt")
 ROLE = {1: "train", 2: "val"}
 
@@ -57,14 +58,20 @@ def find_split_files(root: Path, split: int) -> dict[str, Path]:
                     f"{', '.join(f + '/' for f in SPLIT_FOLDERS)} and one folder deeper)")
 
 
+def find_videos_root(root: Path, classes: list[str]) -> Path:
+    """ROOT or the folder directly in it (hmdb51_org/, or whatever the archive unpacked into)
+    that holds the most of the class folders; ROOT when none holds more."""
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        folders = []
+    return max([root, *folders], key=lambda base: sum((base / name).is_dir() for name in classes))
+
+
 def index(root: Path, options: IndexOptions) -> Index:
     split_files = find_split_files(root, options.split)
     classes = sorted(split_files)
-    videos_root = root
-    for folder in VIDEO_FOLDERS:
-        if (root / folder / classes[0]).is_dir():
-            videos_root = root / folder
-            break
+    videos_root = find_videos_root(root, classes)
     result = Index(videos_root, {"label": classes}, {"train": [], "val": []},
                    skipped={"train": [], "val": []}, sources=list(split_files.values()))
     for label, name in enumerate(classes):

@@ -1,5 +1,8 @@
 """Kinetics-400 as distributed: `train.csv` / `val.csv` and folders `train/`, `val/`.
 
+The annotation files go by several names (ANNOTATION_NAMES), in ROOT or `annotations/`;
+the test split has no labels and is not read.
+
 Rows read `label,youtube_id,time_start,time_end,split` (some releases add `is_cc`); labels
 are quoted when they hold commas and may hold spaces and parentheses. Videos are named
 `{youtube_id}_{time_start:06d}_{time_end:06d}` with .mp4, .mkv or .webm, flat or in one
@@ -26,13 +29,16 @@ from stadapt.data.indexers.base import (
 )
 
 ANNOTATION_FOLDERS = ("annotations", "labels", "kinetics400", "kinetics-400", "k400")
+# The current release says train.csv; the 2017 release and mmaction2's download tools
+# kinetics_train.csv; crawler copies kinetics-400_train.csv and the like.
+_PREFIXES = ("", "kinetics_", "kinetics-400_", "kinetics400_", "kinetics_400_")
 ANNOTATION_NAMES = {
-    "train": ("train.csv", "kinetics_400_train.csv", "kinetics400_train.csv"),
-    "val": ("val.csv", "validate.csv", "validation.csv", "kinetics_400_val.csv", "kinetics400_val.csv"),
+    split: tuple(f"{prefix}{word}.csv" for prefix in _PREFIXES for word in words)
+    for split, words in (("train", ("train",)), ("val", ("val", "validate", "validation")))
 }
 VIDEO_FOLDERS = {
-    "train": ("train", "videos/train", "train_256"),
-    "val": ("val", "validate", "validation", "videos/val", "val_256"),
+    "train": ("train", "videos/train", "train_256", "videos_train"),
+    "val": ("val", "validate", "validation", "videos/val", "val_256", "videos_val"),
 }
 SUFFIXES = (".mp4", ".mkv", ".webm")
 COLUMNS = ("label", "youtube_id", "time_start", "time_end")
