@@ -4,9 +4,9 @@ Timings drift between machines and runs, so one run measures three variants side
 and reports ratios between them (docs/performance.md):
 - the chosen path, from the recipe as given (by default the fast path: `model.impl=fast`,
   frozen weights in bf16, `train.compile` on CUDA);
-- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d,
-  packed-qkv attention, every block in full), fp16 weights and autocast with a GradScaler,
-  no compilation;
+- the reference path of the public ST-Adapter code (stadapt.engine.paths): `model.impl=reference`
+  (nn.Conv3d, packed-qkv attention, every block in full), fp16 weights and autocast with a
+  GradScaler, no compilation, unfused AdamW;
 - the frozen backbone alone (`method=linear_probe`) on the chosen path, inference only.
 Every variant is built with `build_model`, placed with `stadapt.model.runtime`, with
 random weights, and goes through the same measuring function.
@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stadapt.bench.results import device_name, now, ratio, round4, versions, write_result
 from stadapt.engine.evaluate import check_input_size
+from stadapt.engine.paths import fused_adamw, reference_path
 from stadapt.engine.schedule import build_optimizer
 from stadapt.engine.train import classification_loss
 from stadapt.errors import StadaptError
@@ -264,8 +265,7 @@ def inference_step(forward: Callable, clips: torch.Tensor, precision: str) -> Ca
 def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
                   clips: torch.Tensor) -> Callable[[], None]:
     """Forward, backward and the training engine's AdamW step and loss (random labels)."""
-    fused = recipe.model.impl == "fast"  # the public code's AdamW is not fused
-    optimizer = build_optimizer(model, recipe.train, clips.device, fused=fused)
+    optimizer = build_optimizer(model, recipe.train, clips.device, fused=fused_adamw(recipe))
     scaler = grad_scaler(clips.device, recipe.train.precision) or torch.amp.GradScaler(enabled=False)
     labels = {name: torch.randint(n, (clips.shape[0],), device=clips.device)
               for name, n in head_sizes(recipe.model).items()}
@@ -340,8 +340,7 @@ def release_memory(device: torch.device) -> None:
 
 def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]:
     """{name: (recipe, measure training)}: the chosen path, the published path, the backbone alone."""
-    reference = copy.deepcopy(recipe)
-    reference.model.impl, reference.train.precision, reference.train.compile = "reference", "fp16", False
+    reference = reference_path(recipe)
     chosen = reference if impl == "reference" else copy.deepcopy(recipe)
     chosen.model.impl = impl
     backbone = copy.deepcopy(chosen)

@@ -33,6 +33,7 @@ from stadapt.engine.distributed import DistContext
 from stadapt.engine.evaluate import check_input_size, evaluate_model
 from stadapt.engine.interrupt import StopRequest
 from stadapt.engine.metrics import batch_correct
+from stadapt.engine.paths import as_run, fused_adamw
 from stadapt.engine.plots import plot_curves
 from stadapt.engine.progress import TrainProgress
 from stadapt.engine.rundir import (
@@ -166,6 +167,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, checkpoint: Optional[dict[str, Any]],
                  resume_hint: str, console: Console) -> None:
+        recipe = as_run(recipe)  # model.impl=reference trains with the published code's settings
         self.recipe, self.run_dir, self.ctx = recipe, run_dir, ctx
         self.resume_hint = resume_hint
         self.console = console
@@ -190,7 +192,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
         self.forward = maybe_compile(self.net, t.compile, self.device)  # CUDA only; eager on CPU
-        self.optimizer = build_optimizer(self.model, t, self.device)
+        self.optimizer = build_optimizer(self.model, t, self.device, fused=fused_adamw(recipe))
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)
 
