@@ -1,4 +1,4 @@
-"""Issue 7, annotations: a line the parser cannot read is one error naming the file and line
+"""Annotations: a line the parser cannot read is one error naming the file and line
 (exit code 2); a readable row that cannot be used on its own is skipped and listed in
 report.json. The manifest parser (what training reads) is fuzzed here; the annotation
 parsers are fuzzed in test_annotation_fuzz.py."""
