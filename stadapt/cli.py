@@ -6,7 +6,6 @@ code (2 for bad input); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import sys
@@ -18,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from stadapt.errors import StadaptError
-from stadapt.fileio import atomic_write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt frozen image ViTs to video with Spatio-Temporal Adapters.")
@@ -105,65 +103,19 @@ def bench_model_command(
                                  help="also show where the chosen path's step time goes (torch.profiler)"),
 ) -> None:
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
-    import json
-
     from stadapt.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)  # a bad recipe fails before torch is imported
-    from stadapt.bench import bench_model, write_result
+    from stadapt.bench.model import bench_model, print_model_result, write_model_result
 
     result = bench_model(loaded, recipe, impl=impl, device=device,
                          batch_size=batch_size, steps=steps, warmup=warmup, profile=profile)
-    path = write_result(result, out)
+    path = write_model_result(result, out)
     if json_output:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         err_console.print(f"wrote {path}", highlight=False)
         return
-    _print_bench_model(result, path)
-
-
-def _print_bench_model(result: dict, path: Path) -> None:
-    def show(value: Optional[float]) -> str:
-        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
-
-    timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
-             else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
-    table = Table("variant", "trainable", "GFLOPs/view", "executed", "latency ms", "infer clips/s", "train clips/s",
-                  "train step ms", "train peak MiB",
-                  title=f"bench model: {result['recipe']} on {result['device_name']}",
-                  caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
-    for name, v in result["variants"].items():
-        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}",
-                      f"{v['executed_gflops_per_view']:.4g}", show(v["latency_ms"]),
-                      show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
-                      show(v["train_peak_mem_mib"]))
-    console.print(table)
-    for name, v in result["variants"].items():
-        if v["out_of_memory"]:
-            console.print(f"{name}: out of GPU memory in {v['out_of_memory']} at batch {result['batch_size']}",
-                          highlight=False)
-    for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
-                "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
-        value = result[key]
-        console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
-    if "time_by_kind" in result:
-        _print_time_by_kind(result)
-    console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
-
-
-def _print_time_by_kind(result: dict) -> None:
-    from stadapt.bench import KINDS, PROFILED_STEPS
-
-    table = Table("phase", *(f"{kind} ms" for kind in KINDS), "total ms", "products TFLOP/s",
-                  "clips/s if only products + attention",
-                  title=f"where the {result['impl']} path's step time goes",
-                  caption=f"torch.profiler over {PROFILED_STEPS} steps: kernel time on a GPU, op time on a CPU")
-    for phase, t in result["time_by_kind"].items():
-        rate = t["matrix_products_tflops"]
-        ceiling = t["clips_s_if_only_products_and_attention"]
-        table.add_row(phase, *(f"{t[kind]:,.2f}" for kind in KINDS), f"{t['total']:,.2f}",
-                      "-" if rate is None else f"{rate:,.1f}", "-" if ceiling is None else f"{ceiling:,.1f}")
-    console.print(table)
+    print_model_result(console, result, path)
 
 
 @convert_app.command("official")
@@ -206,21 +158,15 @@ def bench_run_command(
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/run-...json]"),
 ) -> None:
     """End-to-end training throughput of a run (loader included), against the model alone or one process."""
-    from stadapt.bench import bench_run
+    from stadapt.bench.results import write_result
+    from stadapt.bench.run import bench_run, run_table
 
     result = bench_run(run_dir, skip, model_result, baseline)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = out or Path("benchmarks/results") / f"run-{run_dir.name}-{result['device']}-{stamp}.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    out = write_result(result, out, "run", run_dir.name, result["device"])
     if json_output:
         print(json.dumps(result))
         return
-    table = Table("metric", "value", title=f"training run {run_dir} on {result['device_name']}")
-    for key in ("world_size", "clips_per_s", "clips_per_s_per_process", "windows_used", "model_only_train_clips_s",
-                "end_to_end_vs_model_only", "projected_gpu_hours_full_schedule", "baseline_clips_per_s_per_process",
-                "scaling_efficiency"):
-        table.add_row(key, "-" if result[key] is None else str(result[key]))
-    console.print(table)
+    console.print(run_table(result, run_dir))
     console.print(f"saved {out}", highlight=False)
 
 
@@ -240,7 +186,7 @@ def bench_loader_command(
         None, "--out", help="JSON file to write (default benchmarks/results/loader-RECIPE-DATE.json)."),
 ) -> None:
     """Clips/s of the training data pipeline per worker, against the reference PyAV loader."""
-    from stadapt.loader_bench import bench_loader
+    from stadapt.bench.loader import bench_loader, loader_table, write_loader_result
     from stadapt.recipe import load_recipe, resolve_recipe_path
 
     if source not in ("prepared", "raw"):
@@ -249,18 +195,11 @@ def bench_loader_command(
     result = bench_loader(load_recipe(path, overrides), workers=workers, source=source, num_clips=clips,
                           batch_size=batch_size, reference_clips=reference_clips, rounds=rounds,
                           recipe_path=str(path))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = out or Path("benchmarks/results") / f"loader-{path.stem}-{stamp}.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    out = write_loader_result(result, out)
     if json_out:
         print(json.dumps(result))
         return
-    table = Table("metric", "value", title=f"loader: {path.stem}, source={source}, workers={workers}")
-    for key in ("clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
-                "clips_per_cpu_s", "reference_clips_per_cpu_s", "cpu_speedup_vs_reference",
-                "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
-        table.add_row(key, str(result[key]))
-    console.print(table)
+    console.print(loader_table(result))
     console.print(f"saved {out}")
 
 

@@ -31,3 +31,9 @@ def not_utf8(path: object, exc: UnicodeDecodeError) -> DataError:
     """`path:LINE: not UTF-8 ...` for a text file that failed to decode, the line counted from the bytes."""
     line = exc.object[: exc.start].count(b"\n") + 1
     return DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of `exc`'s message (its type name when it has none), cut at `limit` characters:
+    what a library's error says, short enough for a one-line error of ours."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from stadapt.errors import DiskFullError
+from stadapt.errors import DiskFullError, first_line
 
 
 def _usual_mode() -> int:
@@ -78,18 +78,13 @@ def _disk_full_reported(*paths: Path) -> Iterator[None]:
         verb = "is" if len(kept) == 1 else "are"
         what = f"the previous {', '.join(kept)} {verb} kept" if kept else "nothing was written"
         names = ", ".join(str(p) for p in paths) if len(paths) <= 3 else f"{paths[0]} and {len(paths) - 1} more files"
-        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = getattr(exc, "strerror", None) or first_line(exc)
         raise DiskFullError(f"{names}: not written, the disk is full ({reason[:200]}); {what}") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def atomic_write_texts(files: Mapping[Path, str]) -> None:
@@ -159,10 +154,6 @@ class FileLock:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fd: Optional[int] = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self) -> bool:
         if self._fd is not None:

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from stadapt.errors import RecipeError
+from stadapt.errors import RecipeError, first_line
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -136,7 +136,7 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise RecipeError(f"{path}{where}: not valid YAML ({problem})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
@@ -348,3 +348,17 @@ def _looks_like_path(value: str) -> bool:
 def head_sizes(model: ModelConfig) -> dict[str, int]:
     """Classifier heads by name; a single head is called `label` (the manifest column)."""
     return dict(model.num_classes) if isinstance(model.num_classes, dict) else {"label": model.num_classes}
+
+
+def recipe_differences(saved: dict[str, Any], wanted: dict[str, Any],
+                       allowed: typing.Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, wanted value) wherever two recipe dicts differ, in key order,
+    leaving out the `allowed` keys: whether a run on disk trains what is asked now."""
+    found = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += [(f"{key}.{k}", va, vb) for k, va, vb in recipe_differences(a, b)]
+        elif a != b:
+            found.append((key, a, b))
+    return [d for d in found if d[0] not in allowed]

@@ -1,4 +1,4 @@
-"""Issue 7, annotations: a line the parser cannot read is one error naming the file and line
+"""Annotations: a line the parser cannot read is one error naming the file and line
 (exit code 2); a readable row that cannot be used on its own is skipped and listed in
 report.json. The manifest parser (what training reads) is fuzzed here; the annotation
 parsers are fuzzed in test_annotation_fuzz.py."""
@@ -175,7 +175,7 @@ def test_manifest_parser_fuzz(tmp_path_factory, data):
         assert "\n" not in str(exc) and str(folder / "train.csv") in str(exc)
         return
     for sample in samples:
-        assert 0 <= sample.label < 3
+        assert 0 <= sample.labels["label"] < 3
         assert sample.path.is_absolute() and ".." not in sample.path.parts
 
 
@@ -195,7 +195,7 @@ def test_manifest_round_trip(tmp_path_factory, rows):
     folder = tmp_path_factory.mktemp("r", numbered=True)
     (folder / "train.csv").write_bytes(manifest_text(rows, ["path", "label", "num_frames"]).encode("utf-8"))
     samples = read_manifest(folder / "train.csv", Path("/videos"), {"label": 5})
-    assert [(s.path, s.label, s.num_frames) for s in samples] == [
+    assert [(s.path, s.labels["label"], s.num_frames) for s in samples] == [
         (Path("/videos") / r["path"], r["label"], r["num_frames"]) for r in rows]
 
 

@@ -1,4 +1,4 @@
-"""Issue 7, recipes through the command line: any mistake is one line on stderr and exit code 2,
+"""Recipes through the command line: any mistake is one line on stderr and exit code 2,
 nothing on stdout, nothing run. Value checks themselves are tested in test_recipe.py."""
 
 from __future__ import annotations

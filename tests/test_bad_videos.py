@@ -1,4 +1,4 @@
-"""Issue 7, videos: every odd or broken file a user may hold, through probe, prepare and the loader.
+"""Videos: every odd or broken file a user may hold, through probe, prepare and the loader.
 
 Readable oddities (one frame, 4K, variable frame rate, rotation, grayscale, 10-bit, 4:4:4, a
 wrong extension) must be indexed and load as upright RGB clips; unreadable files (empty,

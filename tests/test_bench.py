@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import stadapt
-from stadapt.bench import model_cost
+import stadapt.bench.model
+from stadapt.bench.model import model_cost
 from stadapt.cli import main
 
 KEYS = {"trainable_params", "total_params", "gflops_per_view", "latency_ms", "throughput_clips_s", "train_clips_s",
@@ -83,7 +84,7 @@ def test_profile_splits_each_step_by_kind_of_work(tmp_path, monkeypatch, capsys)
     ("aten::native_layer_norm", "element-wise"),
 ])
 def test_kernels_are_sorted_by_kind_of_work(kernel, kind):
-    assert stadapt.bench.kernel_kind(kernel) == kind
+    assert stadapt.bench.model.kernel_kind(kernel) == kind
 
 
 def test_k400_vitb_cost_matches_the_paper():
@@ -107,7 +108,7 @@ def test_bad_options_are_one_line(tmp_path, monkeypatch, capsys):
 
 def _running_out_of_memory_in_training_on(impl: str, monkeypatch) -> None:
     """The training step of `impl`'s variants raises CUDA's out-of-memory error (simulated on CPU)."""
-    real = stadapt.bench.training_step
+    real = stadapt.bench.model.training_step
 
     def training_step(model, forward, recipe, clips):
         step = real(model, forward, recipe, clips)
@@ -119,7 +120,7 @@ def _running_out_of_memory_in_training_on(impl: str, monkeypatch) -> None:
 
         return out_of_memory
 
-    monkeypatch.setattr(stadapt.bench, "training_step", training_step)
+    monkeypatch.setattr(stadapt.bench.model, "training_step", training_step)
 
 
 def test_a_reference_path_out_of_memory_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Issue 7, concurrency: two commands writing the same directory never corrupt each other."""
+"""Concurrency: two commands writing the same directory never corrupt each other."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def test_corrupt_video_in_testing_is_not_ok(corrupt_prepared):
 
 def test_several_heads_give_a_label_dict(tmp_path):
     root = make_prepared(tmp_path, classes=2, videos_per_class=2, frames=12, decode=False)
-    rows = [{"path": s.path.as_posix(), "label": 0, "verb": s.label, "noun": 1 - s.label}
+    rows = [{"path": s.path.as_posix(), "label": 0, "verb": s.labels["label"], "noun": 1 - s.labels["label"]}
             for s in PreparedDataset.open(root).samples("train")]
     write_manifest(root / "train.csv", rows, ["path", "label", "verb", "noun"])
     write_classes(root, ["a", "b"], head="verb")

@@ -301,7 +301,7 @@ def test_too_many_unreadable_training_videos_stop_the_run(data_root, recipe_file
     root = tmp_path / "data"
     shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("videos"))
     videos = data_root / "videos"
-    rows = [{"path": str(s.path.relative_to(videos)), "label": s.label} for s in
+    rows = [{"path": str(s.path.relative_to(videos)), "label": s.labels["label"]} for s in
             read_manifest(data_root / "train.csv", videos)]
     rows += [{"path": "broken.mp4", "label": 1}] * 2
     write_manifest(root / "train.csv", rows, ["path", "label"])

@@ -537,8 +537,8 @@ def test_decode_writes_the_store(folder, tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["store"] == report["store"]
 
 
-def test_synthetic_and_decode_call_the_data_branch_as_agreed(tmp_path, make_video, monkeypatch):
-    """Stand-ins with the agreed signatures check the wiring before the real modules merge."""
+def test_synthetic_and_decode_are_called_with_the_options_given(tmp_path, make_video, monkeypatch):
+    """Stand-ins for the video generator and the frame store check what prepare passes them."""
     import sys
     import types
 

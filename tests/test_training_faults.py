@@ -1,4 +1,4 @@
-"""Issue 7, training faults: unreadable videos, non-finite losses, damaged or unsafe checkpoints,
+"""Training faults: unreadable videos, non-finite losses, damaged or unsafe checkpoints,
 a kill or a full disk while saving, a second run on the same --out, a dead DDP peer.
 
 SIGTERM → checkpoint → --resume is tested in test_engine.py

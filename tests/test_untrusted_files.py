@@ -1,4 +1,4 @@
-"""Issue 7, files: untrusted weights never run code, damaged ones are one clear error, and a
+"""Files: untrusted weights never run code, damaged ones are one clear error, and a
 save cut short (SIGKILL, a full disk) never replaces the last good file."""
 
 from __future__ import annotations

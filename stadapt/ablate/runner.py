@@ -31,7 +31,7 @@ from stadapt.engine.rundir import RECIPE_FILE
 from stadapt.errors import StadaptError
 from stadapt.fileio import atomic_write_text
 from stadapt.model.artifact import ADAPTER_FILE
-from stadapt.recipe import Recipe, load_recipe, resolve_recipe_path
+from stadapt.recipe import Recipe, load_recipe, recipe_differences, resolve_recipe_path
 
 EVAL_FILE = "eval-val.json"
 LOG_FILE = "train.log"
@@ -114,22 +114,11 @@ def check_same_recipe(run: VariantRun) -> None:
         raw = None
     if not isinstance(raw, dict):
         raise AblationError(f"{path} is not a readable recipe: remove {run.run_dir} to retrain that variant")
-    saved = _flatten(raw)
-    wanted = _flatten(run.recipe.to_dict())
-    for key in sorted(set(saved) | set(wanted)):
-        if key not in COSMETIC_KEYS and saved.get(key) != wanted.get(key):
-            raise AblationError(f"{run.run_dir} holds a run with {key} = {saved.get(key)!r}, this ablation asks for "
-                                f"{wanted.get(key)!r}: choose another --out, or remove that directory to retrain it")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    differences = recipe_differences(raw, run.recipe.to_dict(), COSMETIC_KEYS)
+    if differences:
+        key, saved, wanted = differences[0]
+        raise AblationError(f"{run.run_dir} holds a run with {key} = {saved!r}, this ablation asks for "
+                            f"{wanted!r}: choose another --out, or remove that directory to retrain it")
 
 
 def gpu_slots() -> list[Optional[str]]:

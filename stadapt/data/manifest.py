@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -36,11 +36,6 @@ class Sample:
     fps: Optional[float] = None
     start_frame: Optional[int] = None
     stop_frame: Optional[int] = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> int:
-        return self.labels["label"]
 
 
 def classes_file(root: Path, head: str = "label") -> Path:
@@ -141,8 +136,7 @@ def read_manifest(path: Path, videos_root: Path, heads: dict[str, int] | None = 
             fps = float(row["fps"]) if row.get("fps") not in (None, "") else None
         except ValueError:
             raise DataError(f"{path}:{line}: num_frames, fps, start_frame and stop_frame must be numbers") from None
-        known = {"path", "label", "fps", *OPTIONAL_INT_COLUMNS, *head_names}
-        samples.append(Sample(video, labels, fps=fps, extra={k: v for k, v in row.items() if k not in known}, **ints))
+        samples.append(Sample(video, labels, fps=fps, **ints))
     return samples
 
 

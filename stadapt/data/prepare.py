@@ -110,7 +110,7 @@ def _index(options: PrepareOptions, console: Optional[Console]) -> Index:
 
 
 def _generate_synthetic(root: Path, options: PrepareOptions, console: Optional[Console]) -> Index:
-    from stadapt.data.synthetic import generate_synthetic  # written by the data branch
+    from stadapt.data.synthetic import generate_synthetic  # on use: only `prepare synthetic` renders videos
 
     spec = options.synthetic
     with _progress(console, "generating videos", spec.classes * spec.videos_per_class) as advance:
@@ -218,7 +218,7 @@ def _require_training_videos(report: dict[str, Any]) -> None:
 
 
 def _decode(out: Path, workers: int, console: Optional[Console]) -> dict:
-    from stadapt.data.store import write_store  # written by the data branch
+    from stadapt.data.store import write_store  # on use: only --decode writes the frame store
 
     dataset = PreparedDataset.open(out)
     samples = [s for split in SPLITS for s in dataset.samples(split)]

@@ -34,7 +34,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from stadapt.data.decode import VideoReadError, upright
 from stadapt.data.manifest import Sample
-from stadapt.errors import DataError
+from stadapt.errors import DataError, first_line
 from stadapt.fileio import atomic_path, atomic_write_text
 
 MAGIC = b"STFRAME1"
@@ -236,7 +236,7 @@ class StoreEntry:
         try:
             frames = decode_jpeg(jpegs)
         except RuntimeError as exc:
-            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({str(exc).splitlines()[0]})") from None
+            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({first_line(exc)})") from None
         return [frames[i] for i in inverse]
 
     def close(self) -> None:

@@ -8,9 +8,7 @@ a resumed run draws the same dropout masks as an uninterrupted one.
 
 from __future__ import annotations
 
-import pickle
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from stadapt.errors import CheckpointError
 from stadapt.fileio import atomic_path
+from stadapt.torchload import load_weights_only
 
 FORMAT = "stadapt-checkpoint/1"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
@@ -58,17 +57,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint this engine wrote; anything else is one CheckpointError line."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the weights-only unpickler stopped: nothing was run
-        if found := re.search(r"GLOBAL (\S+)", str(exc)):
-            raise CheckpointError(f"{path}: holds pickled objects other than tensors and numbers ({found[1]}); "
-                                  "refused without running them") from None
-        raise CheckpointError(f"{path}: not a checkpoint that can be read safely (damaged, or pickled by other "
-                              "code); refused without running it") from None
-    except Exception as exc:  # truncated, damaged, foreign: whatever torch raises (IndexError too), it is the file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged ({reason})") from None
+    state = load_weights_only(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a stadapt checkpoint (format {found!r}, expected {FORMAT!r})")

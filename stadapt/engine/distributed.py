@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from stadapt.errors import StadaptError
+from stadapt.errors import StadaptError, first_line
 
 DEFAULT_TIMEOUT_S = 1800
 
@@ -70,8 +70,7 @@ def peer_failure(ctx: DistContext, exc: BaseException) -> bool:
 
 def reason(exc: BaseException) -> str:
     """The backend's message without its source location: 'Connection reset by peer', 'Timed out ...'."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return re.sub(r"^\[[^\]]*\]\s*", "", text)[:200]
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc))[:200]
 
 
 def teardown(ctx: DistContext) -> None:

@@ -10,13 +10,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import yaml
 
 from stadapt.errors import BusyError, RecipeError
 from stadapt.fileio import FileLock, atomic_write_text
-from stadapt.recipe import Recipe, recipe_from_dict
+from stadapt.recipe import Recipe, recipe_differences, recipe_from_dict
 
 RUNS_DIR = Path("runs")
 LATEST = RUNS_DIR / "latest"
@@ -63,26 +63,11 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
         saved = recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)).to_dict()
     except FileNotFoundError:
         return
-    differences = [key for key in _diff(saved, recipe.to_dict()) if key not in RESUMABLE_CHANGES]
+    differences = recipe_differences(saved, recipe.to_dict(), RESUMABLE_CHANGES)
     if differences:
-        key = differences[0]
-        raise RecipeError(f"--resume: {key} differs from {path} ({_get(saved, key)!r} there, "
-                          f"{_get(recipe.to_dict(), key)!r} now); resuming would mix two recipes")
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            yield from _diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            yield f"{prefix}{key}"
-
-
-def _get(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+        key, there, now = differences[0]
+        raise RecipeError(f"--resume: {key} differs from {path} ({there!r} there, {now!r} now); "
+                          "resuming would mix two recipes")
 
 
 class MetricsLog:

@@ -55,9 +55,11 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    fused = True if device.type == "cuda" else None  # one kernel for all tensors on GPU
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                    fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; `fused` (one kernel for all tensors) applies on GPU only."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999),
+                             fused=True if fused and device.type == "cuda" else None)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

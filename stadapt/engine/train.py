@@ -15,7 +15,7 @@ import shlex
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -33,6 +33,7 @@ from stadapt.engine.distributed import DistContext
 from stadapt.engine.evaluate import check_input_size, evaluate_model
 from stadapt.engine.interrupt import StopRequest
 from stadapt.engine.metrics import batch_correct
+from stadapt.engine.paths import as_run, fused_adamw
 from stadapt.engine.plots import plot_curves
 from stadapt.engine.progress import TrainProgress
 from stadapt.engine.rundir import (
@@ -53,8 +54,6 @@ from stadapt.model.build import build_model, count_parameters
 from stadapt.model.runtime import autocast, configure_backends, grad_scaler, maybe_compile, place_model
 from stadapt.recipe import Recipe, load_recipe, resolve_recipe_path
 
-STATS = ("loss_sum", "correct", "clips", "skipped", "nonfinite", "stop")
-
 
 class TrainingDiverged(StadaptError):
     """Too many non-finite losses in a row: the recipe (lr, precision) needs changing."""
@@ -63,7 +62,7 @@ class TrainingDiverged(StadaptError):
 
 
 @dataclass
-class Position:
+class StreamPosition:
     """Where the run is: the counters a checkpoint restores besides weights and RNG."""
 
     step: int = 0
@@ -71,6 +70,48 @@ class Position:
     batches_in_epoch: int = 0  # micro-batches this rank took from `epoch`
     skipped_in_epoch: int = 0  # unreadable videos replaced during `epoch`, all ranks
     bad_steps: int = 0  # non-finite losses in a row
+
+    def took_batch(self, epoch: int) -> None:
+        """Count a micro-batch of `epoch`; a new epoch starts its counters at zero."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_in_epoch, self.skipped_in_epoch = epoch, 0, 0
+        self.batches_in_epoch += 1
+
+
+@dataclass
+class StepStats:
+    """What training steps saw, summed over micro-batches, then over ranks (`all_reduced`).
+
+    Before the reduction the figures may be tensors on the device, so that adding them
+    does not wait for the GPU; after it they are floats.
+    """
+
+    loss_sum: torch.Tensor | float = 0.0  # loss × clips; a non-finite loss counts 0
+    correct: torch.Tensor | float = 0.0  # clips whose every head's top-1 is right
+    clips: float = 0.0
+    skipped: float = 0.0  # unreadable videos replaced by others
+    nonfinite: torch.Tensor | float = 0.0  # micro-batches whose loss was NaN or infinite
+    stop: float = 0.0  # ranks asked to stop by a signal
+
+    def values(self) -> list[torch.Tensor | float]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def __add__(self, other: StepStats) -> StepStats:
+        return StepStats(*(a + b for a, b in zip(self.values(), other.values())))
+
+    def all_reduced(self, ctx: DistContext) -> StepStats:
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=ctx.device) for v in self.values()])
+        return StepStats(*distributed.all_reduce_sum(ctx, values).tolist())
+
+
+def micro_batch_stats(batch: dict[str, Any], logits: Any, loss: torch.Tensor) -> StepStats:
+    clips = batch["clip"].shape[0]
+    loss = loss.detach()
+    with torch.no_grad():
+        correct = batch_correct(logits, batch["label"])
+    return StepStats(loss_sum=torch.nan_to_num(loss.double(), nan=0.0, posinf=0.0, neginf=0.0) * clips,
+                     correct=correct, clips=float(clips), skipped=float(batch["skipped"].sum().item()),
+                     nonfinite=(~torch.isfinite(loss)).double())
 
 
 @dataclass
@@ -126,6 +167,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, checkpoint: Optional[dict[str, Any]],
                  resume_hint: str, console: Console) -> None:
+        recipe = as_run(recipe)  # model.impl=reference trains with the published code's settings
         self.recipe, self.run_dir, self.ctx = recipe, run_dir, ctx
         self.resume_hint = resume_hint
         self.console = console
@@ -150,11 +192,11 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
         self.forward = maybe_compile(self.net, t.compile, self.device)  # CUDA only; eager on CPU
-        self.optimizer = build_optimizer(self.model, t, self.device)
+        self.optimizer = build_optimizer(self.model, t, self.device, fused=fused_adamw(recipe))
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = grad_scaler(self.device, t.precision)
 
-        self.pos = Position()
+        self.pos = StreamPosition()
         torch.manual_seed(t.seed + ctx.rank)  # dropout differs across ranks, as samples do
         np.random.seed(t.seed + ctx.rank)
         random.seed(t.seed + ctx.rank)
@@ -180,7 +222,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.pos = Position(**state["position"])
+        self.pos = StreamPosition(**state["position"])
         same_layout = (state["world_size"], state["micro_batch"]) == (self.ctx.world_size, self.micro)
         if same_layout:
             set_rng_state(state["rng"][self.ctx.rank])
@@ -210,7 +252,7 @@ class Trainer:
             self.log = MetricsLog(self.run_dir, resume_step=self.pos.step if self.resumed else None)
         self.describe()
         progress = TrainProgress(t.steps, self.pos.step, enabled=self.ctx.is_main, console=self.console)
-        window = torch.zeros(len(STATS), dtype=torch.float64)
+        window = StepStats()  # the steps since the last log line
         window_start = time.monotonic()
         batches = DevicePrefetcher(iter(self.loader), self.device)
         signum = None
@@ -219,13 +261,13 @@ class Trainer:
                 while self.pos.step < t.steps:
                     stats = self._step(batches)
                     window += stats
-                    stopping = stats[STATS.index("stop")] > 0
+                    stopping = stats.stop > 0
                     at_log = self.pos.step % t.log_every == 0 or self.pos.step == t.steps or stopping
                     entry = None
                     if at_log:
                         elapsed = max(time.monotonic() - window_start, 1e-9)
                         entry = self._log_entry(window, elapsed)
-                        window.zero_()
+                        window = StepStats()
                         window_start = time.monotonic()
                     progress.advance(self.pos.step, entry)
                     if self.pos.step % t.eval_every == 0 and self.pos.step < t.steps and not stopping:
@@ -243,69 +285,68 @@ class Trainer:
             return self._interrupted(signum)
         return self._finish()
 
-    def _step(self, batches: DevicePrefetcher) -> torch.Tensor:
-        """One optimizer step over `accumulation` micro-batches; returns the all-reduced stats."""
+    def _step(self, batches: DevicePrefetcher) -> StepStats:
+        """One optimizer step over `accumulation` micro-batches; returns its stats summed over ranks."""
         self.net.train()
-        stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.device)
+        stats = StepStats()
         for i in range(self.accumulation):
             batch = next(batches)
-            self._advance_position(int(batch["epoch"][0]))
-            clips, labels = batch["clip"], batch["label"]
-            x = normalize(clips, self.model.image_mean, self.model.image_std)
-            last = i == self.accumulation - 1
-            sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
-            with sync:
-                with autocast(self.device, self.recipe.train.precision):
-                    logits = self.forward(x)
-                loss = classification_loss(logits, labels)
-                scaled = loss / self.accumulation
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self.pos.took_batch(int(batch["epoch"][0]))
+            logits, loss = self._forward_backward(batch, last=i == self.accumulation - 1)
             batches.prefetch()  # the next micro-batch's copy overlaps this one's work
-            n = clips.shape[0]
-            loss = loss.detach()
-            stats[0] += torch.nan_to_num(loss.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
-            with torch.no_grad():
-                stats[1] += batch_correct(logits, labels)
-            stats[2] += n
-            stats[3] += batch["skipped"].sum().item()
-            stats[4] += (~torch.isfinite(loss)).double()
-        stats[5] = float(self.stop.requested)
-        stats = distributed.all_reduce_sum(self.ctx, stats)
-        self._update(stats)
-        return stats
-
-    def _advance_position(self, epoch: int) -> None:
-        if epoch != self.pos.epoch:
-            self.pos.epoch, self.pos.batches_in_epoch, self.pos.skipped_in_epoch = epoch, 0, 0
-        self.pos.batches_in_epoch += 1
-
-    def _update(self, stats: torch.Tensor) -> None:
-        t = self.recipe.train
-        if stats[4] > 0:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.pos.bad_steps += 1
-            self.say(f"[yellow]step {self.pos.step + 1}: non-finite loss, update skipped "
-                     f"({self.pos.bad_steps} in a row, at most {t.max_bad_steps})[/]")
-            if self.log is not None:
-                self.log.write({"step": self.pos.step + 1, "event": "nonfinite_loss"})
-            if self.pos.bad_steps >= t.max_bad_steps:
-                raise TrainingDiverged(
-                    f"stopped at step {self.pos.step + 1}: {self.pos.bad_steps} non-finite losses in a row "
-                    f"(train.max_bad_steps); lower train.lr or use precision bf16/fp32. The last checkpoint "
-                    f"is in {self.run_dir / CHECKPOINT_FILE}")
+            stats += micro_batch_stats(batch, logits, loss)
+        stats.stop = float(self.stop.requested)
+        stats = stats.all_reduced(self.ctx)
+        if stats.nonfinite:
+            self._skip_update()
         else:
-            self.pos.bad_steps = 0
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self._update()
         with warnings.catch_warnings():  # a skipped first update is not the misuse PyTorch warns about
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.pos.step += 1
-        self.pos.skipped_in_epoch += int(stats[3])
+        self.pos.skipped_in_epoch += int(stats.skipped)
+        self._check_unreadable()
+        return stats
+
+    def _forward_backward(self, batch: dict[str, Any], last: bool) -> tuple[Any, torch.Tensor]:
+        """Gradients of one micro-batch's share of the step's loss (DDP syncs them on the last)."""
+        x = normalize(batch["clip"], self.model.image_mean, self.model.image_std)
+        sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
+        with sync:
+            with autocast(self.device, self.recipe.train.precision):
+                logits = self.forward(x)
+            loss = classification_loss(logits, batch["label"])
+            scaled = loss / self.accumulation
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return logits, loss
+
+    def _update(self) -> None:
+        self.pos.bad_steps = 0
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _skip_update(self) -> None:
+        """Drop a step whose loss was not finite; too many in a row end the run."""
+        t = self.recipe.train
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.bad_steps += 1
+        self.say(f"[yellow]step {self.pos.step + 1}: non-finite loss, update skipped "
+                 f"({self.pos.bad_steps} in a row, at most {t.max_bad_steps})[/]")
+        if self.log is not None:
+            self.log.write({"step": self.pos.step + 1, "event": "nonfinite_loss"})
+        if self.pos.bad_steps >= t.max_bad_steps:
+            raise TrainingDiverged(
+                f"stopped at step {self.pos.step + 1}: {self.pos.bad_steps} non-finite losses in a row "
+                f"(train.max_bad_steps); lower train.lr or use precision bf16/fp32. The last checkpoint "
+                f"is in {self.run_dir / CHECKPOINT_FILE}")
+
+    def _check_unreadable(self) -> None:
+        """Stop when more of the training set than data.max_bad_fraction could not be read this epoch."""
         limit = self.recipe.data.max_bad_fraction * self.train_set.num_samples
         if self.pos.skipped_in_epoch > limit:
             raise DataError(
@@ -313,17 +354,17 @@ class Trainer:
                 f"in epoch {self.pos.epoch}, more than data.max_bad_fraction = {self.recipe.data.max_bad_fraction}; "
                 f"see {Path(self.recipe.data.root) / 'report.json'} and re-run `stadapt prepare`, or raise the limit")
 
-    def _log_entry(self, window: torch.Tensor, elapsed: float) -> dict[str, Any]:
-        clips = max(float(window[2]), 1.0)
+    def _log_entry(self, window: StepStats, elapsed: float) -> dict[str, Any]:
+        clips = max(window.clips, 1.0)
         entry = {
             "step": self.pos.step,
             "epoch": self.pos.epoch,
-            "loss": float(window[0]) / clips,
+            "loss": window.loss_sum / clips,
             "lr": self._lr_of_last_step(),
-            "top1": float(window[1]) / clips,
+            "top1": window.correct / clips,
             "clips_per_s": clips / elapsed,  # all processes together
             "world_size": self.ctx.world_size,
-            "skipped": int(window[3]),
+            "skipped": int(window.skipped),
         }
         if self.log is not None:
             self.log.write(entry)

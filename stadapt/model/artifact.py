@@ -18,7 +18,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stadapt.errors import CheckpointError
+from stadapt.errors import CheckpointError, first_line
 from stadapt.fileio import atomic_path
 from stadapt.model.build import build_model
 from stadapt.model.video_vit import VideoClassifier
@@ -67,7 +67,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             metadata = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(exc, 200)})") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a stadapt adapter (format {metadata.get('format')!r})")
     return tensors, metadata
@@ -104,8 +104,7 @@ def _parsed(metadata: dict[str, str], key: str, parse, source: str | Path, kind:
     try:
         value = parse(text)
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{source}: its metadata {key!r} cannot be read ({reason})") from None
+        raise CheckpointError(f"{source}: its metadata {key!r} cannot be read ({first_line(exc, 200)})") from None
     if not isinstance(value, kind):
         raise CheckpointError(f"{source}: its metadata {key!r} is a {type(value).__name__}, not a {kind.__name__}")
     return value

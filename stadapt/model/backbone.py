@@ -18,7 +18,8 @@ import open_clip
 import torch
 from torch import nn
 
-from stadapt.errors import CheckpointError, RecipeError
+from stadapt.errors import CheckpointError, RecipeError, first_line
+from stadapt.torchload import refusal
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RANDOM_WEIGHTS_SEED = 0
@@ -52,10 +53,7 @@ def load_backbone(name: str, pretrained: str) -> Backbone:
                 model = open_clip.create_model(name, pretrained=source, weights_only=True)
         except Exception as exc:  # the file or download is user input: any failure is theirs to fix
             what = f"checkpoint {pretrained}" if source and Path(source).is_file() else f"pretrained tag {pretrained!r}"
-            if isinstance(exc, pickle.UnpicklingError):
-                reason = "it holds pickled objects other than tensors, refused without running them"
-            else:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            reason = refusal(exc) if isinstance(exc, pickle.UnpicklingError) else first_line(exc, 300)
             raise CheckpointError(f"cannot load {what} into {name}: {reason}") from None
     visual = model.visual
     if not isinstance(visual, open_clip.transformer.VisionTransformer):

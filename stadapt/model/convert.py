@@ -10,12 +10,10 @@ as `transformer.resblocks.3.adapter_pre_attn.fc1.weight` (possibly under a `modu
 
 from __future__ import annotations
 
-import pickle
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 
@@ -24,6 +22,7 @@ from stadapt.fileio import atomic_write_text
 from stadapt.model.artifact import ADAPTER_FILE, load_trainable, save_adapter
 from stadapt.model.build import build_model
 from stadapt.recipe import Recipe, load_recipe, recipe_from_dict
+from stadapt.torchload import load_weights_only
 
 PUBLIC_POSITIONS = {"adapter_pre_attn": "before_attn", "adapter_pre_mlp": "after_attn"}
 ADAPTER_TENSORS = ("fc1.weight", "fc1.bias", "conv.weight", "conv.bias", "fc2.weight", "fc2.bias")
@@ -39,7 +38,6 @@ class OfficialCheckpoint:
     adapters: dict[tuple[int, str], dict[str, torch.Tensor]]  # (block, position) → {"fc1.weight": ...}
     head: dict[str, torch.Tensor]  # {"weight": C×d, "bias": C}
     ignored: list[str] = field(default_factory=list)  # keys that are neither adapters nor the classifier
-    next_epoch: Optional[int] = None
 
     @property
     def positions(self) -> list[str]:
@@ -84,26 +82,11 @@ def read_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; one line is enough
-            warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the weights-only unpickler met something other than tensors
-        if found := re.search(r"GLOBAL (\S+)", str(exc)):
-            raise CheckpointError(f"{path}: holds pickled objects other than tensors ({found[1]}); "
-                                  "refused without running them") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint of plain tensors; "
-                              "refused without running it") from None
-    except Exception as exc:  # a truncated or non-PyTorch file: whatever torch raises, it is the file's fault
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    raw = load_weights_only(path, "PyTorch checkpoint")
     state = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an ST-Adapter checkpoint (no 'model' state dict)")
-    checkpoint = _split_state(state, str(path))
-    next_epoch = raw.get("next_epoch")
-    checkpoint.next_epoch = next_epoch if isinstance(next_epoch, int) else None
-    return checkpoint
+    return _split_state(state, str(path))
 
 
 def _split_state(state: dict, source: str) -> OfficialCheckpoint:

@@ -25,6 +25,8 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 from torch import nn
 
+from stadapt.errors import first_line
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -87,7 +89,7 @@ class _CompiledWithFallback:
             try:
                 return self.compiled(*args, **kwargs)
             except torch._dynamo.exc.BackendCompilerFailed as exc:  # inductor/triton could not build
-                warnings.warn(f"torch.compile failed, running eagerly: {str(exc).splitlines()[0][:200]}",
+                warnings.warn(f"torch.compile failed, running eagerly: {first_line(exc, 200)}",
                               stacklevel=2)
                 self.compiled = None
         return self.model(*args, **kwargs)

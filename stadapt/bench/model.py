@@ -4,9 +4,9 @@ Timings drift between machines and runs, so one run measures three variants side
 and reports ratios between them (docs/performance.md):
 - the chosen path, from the recipe as given (by default the fast path: `model.impl=fast`,
   frozen weights in bf16, `train.compile` on CUDA);
-- the reference path of the public ST-Adapter code: `model.impl=reference` (nn.Conv3d,
-  packed-qkv attention, every block in full), fp16 weights and autocast with a GradScaler,
-  no compilation;
+- the reference path of the public ST-Adapter code (stadapt.engine.paths): `model.impl=reference`
+  (nn.Conv3d, packed-qkv attention, every block in full), fp16 weights and autocast with a
+  GradScaler, no compilation, unfused AdamW;
 - the frozen backbone alone (`method=linear_probe`) on the chosen path, inference only.
 Every variant is built with `build_model`, placed with `stadapt.model.runtime`, with
 random weights, and goes through the same measuring function.
@@ -16,30 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import gc
-import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-import open_clip
 import torch
-import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import stadapt
-from stadapt.errors import RecipeError, StadaptError
-from stadapt.fileio import atomic_write_text
+from stadapt.bench.results import device_name, now, ratio, round4, versions, write_result
+from stadapt.engine.evaluate import check_input_size
+from stadapt.engine.paths import fused_adamw, reference_path
+from stadapt.engine.schedule import build_optimizer
+from stadapt.engine.train import classification_loss
+from stadapt.errors import StadaptError
 from stadapt.model.build import build_model, count_parameters, set_impl
 from stadapt.model.runtime import autocast, compute_dtype, grad_scaler, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, head_sizes
 
-RESULTS_DIR = Path("benchmarks/results")
 IMPLS = ("fast", "reference")
 
 
@@ -265,10 +264,8 @@ def inference_step(forward: Callable, clips: torch.Tensor, precision: str) -> Ca
 
 def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
                   clips: torch.Tensor) -> Callable[[], None]:
-    """Forward, backward and an AdamW step on the trainable parameters (random labels)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = clips.device.type == "cuda" and recipe.model.impl == "fast"  # the public code's AdamW is not fused
-    optimizer = torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay, fused=fused)
+    """Forward, backward and the training engine's AdamW step and loss (random labels)."""
+    optimizer = build_optimizer(model, recipe.train, clips.device, fused=fused_adamw(recipe))
     scaler = grad_scaler(clips.device, recipe.train.precision) or torch.amp.GradScaler(enabled=False)
     labels = {name: torch.randint(n, (clips.shape[0],), device=clips.device)
               for name, n in head_sizes(recipe.model).items()}
@@ -277,8 +274,7 @@ def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
         optimizer.zero_grad(set_to_none=True)
         with autocast(clips.device, recipe.train.precision):
             out = forward(clips)
-            logits = out if isinstance(out, dict) else {"label": out}
-            loss = sum(F.cross_entropy(logits[name].float(), labels[name]) for name in labels)
+            loss = classification_loss(out if isinstance(out, dict) else {"label": out}, labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -332,13 +328,6 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
     return figures
 
 
-def check_input_size(model: VideoClassifier, recipe: Recipe) -> None:
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    if recipe.data.crop != size:
-        raise RecipeError(f"data.crop = {recipe.data.crop}: {recipe.model.backbone} takes {size}×{size} frames")
-
-
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -351,8 +340,7 @@ def release_memory(device: torch.device) -> None:
 
 def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]:
     """{name: (recipe, measure training)}: the chosen path, the published path, the backbone alone."""
-    reference = copy.deepcopy(recipe)
-    reference.model.impl, reference.train.precision, reference.train.compile = "reference", "fp16", False
+    reference = reference_path(recipe)
     chosen = reference if impl == "reference" else copy.deepcopy(recipe)
     chosen.model.impl = impl
     backbone = copy.deepcopy(chosen)
@@ -408,127 +396,68 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         "train_speedup_vs_reference": ratio(chosen["train_clips_s"], reference["train_clips_s"]),
         "train_peak_mem_ratio_vs_reference": ratio(chosen["train_peak_mem_mib"], reference["train_peak_mem_mib"]),
         "infer_speedup_vs_reference": ratio(chosen["throughput_clips_s"], reference["throughput_clips_s"]),
-        "adapter_overhead_vs_backbone": _round(1 - r) if (r := ratio(chosen["throughput_clips_s"],
+        "adapter_overhead_vs_backbone": round4(1 - r) if (r := ratio(chosen["throughput_clips_s"],
                                                                       backbone["throughput_clips_s"])) else None,
         # what the overhead would be if the adapters ran at the backbone's FLOP rate
-        "adapter_flops_vs_backbone": _round(chosen["executed_gflops_per_view"]
+        "adapter_flops_vs_backbone": round4(chosen["executed_gflops_per_view"]
                                             / backbone["executed_gflops_per_view"] - 1),
-        "projected_gpu_hours": _round(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
+        "projected_gpu_hours": round4(recipe.train.steps * recipe.train.batch_size / chosen["train_clips_s"] / 3600),
         **({"time_by_kind": profile_summary(chosen, settings.batch_size)}
            if profile else {}),
         "variants": variants,
-        "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__,
-                     "open_clip": open_clip.__version__, "cuda": torch.version.cuda},
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": versions("stadapt", "torch", "open_clip", "cuda"),
+        "date": now(),
         "resolved_recipe": recipe.to_dict(),
     }
 
 
-def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
-    if numerator is None or not denominator:
-        return None
-    return _round(numerator / denominator)
-
-
-def _round(value: float) -> float:
-    return round(value, 4)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
-
-
-def write_result(result: dict, out: Optional[str | Path] = None) -> Path:
-    """Write the result atomically: `out`, or benchmarks/results/model-<recipe>-<device>-<impl>-<time>.json."""
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = RESULTS_DIR / f"model-{Path(result['recipe']).stem}-{result['device']}-{result['impl']}-{stamp}.json"
-    out = Path(out)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    return out
+def write_model_result(result: dict[str, Any], out: Optional[str | Path] = None) -> Path:
+    """`out`, or benchmarks/results/model-<recipe>-<device>-<impl>-<time>.json."""
+    return write_result(result, out, "model", Path(result["recipe"]).stem, result["device"], result["impl"])
 
 
 # ---------------------------------------------------------------------------------------
-# A finished (or running) training run, end to end
+# The result as tables
 
 
-def bench_run(run_dir: Path, skip: int = 1, model_result: Optional[Path] = None,
-              baseline: Optional[Path] = None) -> dict:
-    """Steady-state training throughput of a `stadapt train` run, loader included.
+def print_model_result(console: Console, result: dict[str, Any], path: Path) -> None:
+    """The variants side by side, the ratios between them and, with --profile, where the time goes."""
+    def show(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
 
-    The median clips/s of the logged windows after the first `skip` ones (compilation and
-    warm-up), for all processes together. With the JSON of `stadapt bench model` for the
-    same recipe and per-process batch, the ratio says whether the data pipeline keeps up with
-    the model; with the JSON of this command for a one-process run (`baseline`), the scaling
-    efficiency says what the extra processes bought: clips/s per process over the baseline's.
-    """
-    import statistics
-
-    import yaml
-
-    from stadapt.recipe import recipe_from_dict
-
-    metrics = run_dir / "metrics.jsonl"
-    try:
-        entries = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")),
-                                  source=str(run_dir / "recipe.yaml"))
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise StadaptError(f"{run_dir}: not a readable run directory ({exc})") from None
-    logged = [e for e in entries if "clips_per_s" in e]
-    if len(logged) <= skip:
-        raise StadaptError(f"{metrics}: {len(logged)} logged windows, need more than --skip {skip}")
-    clips_per_s = statistics.median(e["clips_per_s"] for e in logged[skip:])
-    world_size = logged[-1].get("world_size", 1)  # runs logged before world_size was recorded ran one process
-    per_process = clips_per_s / world_size
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {
-        "benchmark": "run",
-        "run_dir": str(run_dir),
-        "recipe": recipe.to_dict(),
-        "batch_size": recipe.train.batch_size,
-        "world_size": world_size,
-        "steps_logged": entries[-1].get("step"),
-        "windows_used": len(logged) - skip,
-        "clips_per_s": _round(clips_per_s),
-        "clips_per_s_per_process": _round(per_process),
-        "projected_gpu_hours_full_schedule": None,
-        "model_only_train_clips_s": None,
-        "end_to_end_vs_model_only": None,
-        "baseline_clips_per_s_per_process": None,
-        "scaling_efficiency": None,
-        "device": device.type,
-        "device_name": device_name(device),
-        "versions": {"stadapt": stadapt.__version__, "torch": torch.__version__, "cuda": torch.version.cuda},
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    if model_result is not None:
-        model = _read_result(model_result, "train_clips_s")
-        result["model_only_train_clips_s"] = model["train_clips_s"]
-        result["end_to_end_vs_model_only"] = ratio(per_process, model["train_clips_s"])
-        full = copy.deepcopy(model["resolved_recipe"]["train"])
-        result["projected_gpu_hours_full_schedule"] = _round(full["steps"] * full["batch_size"] / per_process / 3600)
-    if baseline is not None:
-        base = _read_result(baseline, "clips_per_s_per_process")
-        result["baseline_clips_per_s_per_process"] = base["clips_per_s_per_process"]
-        result["scaling_efficiency"] = ratio(per_process, base["clips_per_s_per_process"])
-    return result
+    timed = (f"{result['steps']} timed steps" if result["budget_s"] is None
+             else f"up to {result['steps']} timed steps within {result['budget_s']:g} s")
+    table = Table("variant", "trainable", "GFLOPs/view", "executed", "latency ms", "infer clips/s", "train clips/s",
+                  "train step ms", "train peak MiB",
+                  title=f"bench model: {result['recipe']} on {result['device_name']}",
+                  caption=f"batch {result['batch_size']}, {result['precision']}, {result['warmup']} warm-up, {timed}")
+    for name, v in result["variants"].items():
+        table.add_row(name, show(v["trainable_params"]), f"{v['gflops_per_view']:.4g}",
+                      f"{v['executed_gflops_per_view']:.4g}", show(v["latency_ms"]),
+                      show(v["throughput_clips_s"]), show(v["train_clips_s"]), show(v["train_step_ms"]),
+                      show(v["train_peak_mem_mib"]))
+    console.print(table)
+    for name, v in result["variants"].items():
+        if v["out_of_memory"]:
+            console.print(f"{name}: out of GPU memory in {v['out_of_memory']} at batch {result['batch_size']}",
+                          highlight=False)
+    for key in ("train_speedup_vs_reference", "train_peak_mem_ratio_vs_reference", "infer_speedup_vs_reference",
+                "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
+        value = result[key]
+        console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    if "time_by_kind" in result:
+        console.print(time_by_kind_table(result))
+    console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
 
 
-def _read_result(path: Path, key: str) -> dict:
-    """A benchmark JSON that must hold `key`; a one-line error otherwise."""
-    try:
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StadaptError(f"{path}: not a readable benchmark result ({exc})") from None
-    if not isinstance(result, dict) or result.get(key) is None:
-        raise StadaptError(f"{path}: no {key!r} in it; is it the right kind of benchmark result?")
-    return result
+def time_by_kind_table(result: dict[str, Any]) -> Table:
+    table = Table("phase", *(f"{kind} ms" for kind in KINDS), "total ms", "products TFLOP/s",
+                  "clips/s if only products + attention",
+                  title=f"where the {result['impl']} path's step time goes",
+                  caption=f"torch.profiler over {PROFILED_STEPS} steps: kernel time on a GPU, op time on a CPU")
+    for phase, t in result["time_by_kind"].items():
+        rate = t["matrix_products_tflops"]
+        ceiling = t["clips_s_if_only_products_and_attention"]
+        table.add_row(phase, *(f"{t[kind]:,.2f}" for kind in KINDS), f"{t['total']:,.2f}",
+                      "-" if rate is None else f"{rate:,.1f}", "-" if ceiling is None else f"{ceiling:,.1f}")
+    return table

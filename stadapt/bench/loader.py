@@ -14,21 +14,19 @@ reported beside: that figure does not move when other processes compete for the 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
-import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import av
-import decord
 import numpy as np
 import torch
-import torchvision
+from rich.table import Table
 from torch.utils.data import DataLoader, RandomSampler
 
+from stadapt.bench.results import cpu_name, now, versions, write_result
 from stadapt.data.dataset import VideoDataset, build_dataset
 from stadapt.data.decode import VideoReadError
 from stadapt.data.manifest import PreparedDataset
@@ -83,13 +81,26 @@ def bench_loader(recipe: Recipe, workers: int, source: str, num_clips: int, batc
         "train_resize": recipe.data.train_resize,
         "randaugment": recipe.data.randaugment,
         "device": "cpu",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "decord": decord.__version__, "av": av.__version__,
-                     "numpy": np.__version__},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("python", "torch", "torchvision", "decord", "av", "numpy"),
+        "date": now(),
     }
+
+
+def write_loader_result(result: dict[str, Any], out: Optional[Path] = None) -> Path:
+    """`out`, or benchmarks/results/loader-<recipe>-<time>.json."""
+    return write_result(result, out, "loader", Path(result["recipe"]).stem)
+
+
+def loader_table(result: dict[str, Any]) -> Table:
+    table = Table("metric", "value", title=f"loader: {Path(result['recipe']).stem}, source={result['source']}, "
+                                           f"workers={result['workers']}")
+    for key in ("clips_per_s", "clips_per_s_per_worker", "reference_clips_per_s_per_worker", "speedup_vs_reference",
+                "clips_per_cpu_s", "reference_clips_per_cpu_s", "cpu_speedup_vs_reference",
+                "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
+        table.add_row(key, str(result[key]))
+    return table
 
 
 def _matching_heads(recipe: Recipe) -> Recipe:
@@ -169,12 +180,3 @@ def _reference_clip(dataset: VideoDataset, index: int, rng_key: list[int]) -> to
     clip = np.stack([frames[i].to_ndarray(format="rgb24") for i in indices])
     return dataset.transform(torch.from_numpy(clip).permute(0, 3, 1, 2), rng)
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
