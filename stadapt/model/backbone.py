@@ -35,7 +35,8 @@ class Backbone:
     image_size: int
 
 
-def load_backbone(name: str, pretrained: str) -> Backbone:
+def load_backbone(name: str, pretrained: str, device: str = "cpu") -> Backbone:
+    """The vision tower of open_clip's `name` with `pretrained` weights; on device "meta" only its shapes."""
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         raise RecipeError(f"model.backbone = {name!r} is not an open_clip model"
@@ -49,7 +50,7 @@ def load_backbone(name: str, pretrained: str) -> Backbone:
             # the backbone: the trainer, `eval`, `predict` and each DDP rank.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_WEIGHTS_SEED)
-                model = open_clip.create_model(name, pretrained=source, weights_only=True)
+                model = open_clip.create_model(name, pretrained=source, weights_only=True, device=device)
         except Exception as exc:  # the file or download is user input: any failure is theirs to fix
             what = f"checkpoint {pretrained}" if source and Path(source).is_file() else f"pretrained tag {pretrained!r}"
             if isinstance(exc, pickle.UnpicklingError):
