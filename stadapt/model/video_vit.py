@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
 SHIFT_FRACTION = 0.25  # sa_ts: a quarter of the key/value channels from frame t-1, a quarter from t+1
 
 
