@@ -38,7 +38,7 @@ def build_model(recipe: Recipe, device: str = "cpu") -> VideoClassifier:
 
 def _build(recipe: Recipe, device: str) -> VideoClassifier:
     cfg = recipe.model
-    backbone = load_backbone(cfg.backbone, "none" if device == "meta" else cfg.pretrained, device)
+    backbone = load_backbone(cfg.backbone, "none" if device == "meta" else cfg.pretrained, device, recipe.data.crop)
     head = {"attn_pool": "attn_pool"}.get(cfg.method, "aggregation" if cfg.arch == "sa_ts" else None)
     model = VideoClassifier(
         backbone.visual,

@@ -244,7 +244,7 @@ def video_block(blk: nn.Module) -> VideoBlock:
 
 
 class VideoClassifier(nn.Module):
-    """Video classifier over an open_clip-style VisionTransformer (`self.visual`, blocks as VideoBlocks).
+    """Video classifier over an open_clip VisionTransformer or a PlainViT (`self.visual`, blocks as VideoBlocks).
 
     forward(video: float B×3×T×H×W, normalised) → logits B×C, or {head: logits} when the
     model has several label sets (EPIC-Kitchens verb and noun).
@@ -265,8 +265,8 @@ class VideoClassifier(nn.Module):
         if _is_patch_convolution(visual.conv1):
             self.visual.conv1 = PatchEmbedding.replacing(visual.conv1)
         resblocks = visual.transformer.resblocks
-        for i, block in enumerate(resblocks):
-            resblocks[i] = video_block(block)
+        for i, block in enumerate(resblocks):  # open_clip's blocks; other libraries' come as VideoBlocks
+            resblocks[i] = block if isinstance(block, VideoBlock) else video_block(block)
         dim = visual.transformer.width
         self.dim = dim
         self.prompts: Optional[nn.Parameter] = None  # VPT-deep: depth × tokens × d
