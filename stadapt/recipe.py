@@ -39,6 +39,7 @@ ARCH_CONFLICTS = {
     "sa_ts": "the temporal shift changes the frozen backbone's function, so only full fine-tuning can follow it",
     "sa_ta": "the new temporal attention must train, which this method does not do (use full, partial or temporal)",
 }
+SWIN_METHODS = ("st_adapter", "adapter", "linear_probe", "full")
 FULL_BACKBONE_LR_SCALE = 0.01  # full fine-tuning of pretrained layers: 1/100 lr and wd (paper, appendix)
 
 
@@ -74,6 +75,7 @@ class AdapterConfig:
     positions: list[Position] = field(default_factory=lambda: ["before_attn"])
     layers: Union[Literal["all"], list[int]] = "all"
     activation: Literal["none", "gelu", "quick_gelu"] = "none"
+    width_fraction: float = 0.5  # hierarchical backbones (Swin): the width as a fraction of each stage's width
 
 
 @dataclass
@@ -341,6 +343,13 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         fail("data.test_views.spatial", d.test_views.spatial, "must be 1 (centre crop) or 3 (three crops)")
     if d.randaugment is not None and not d.randaugment.startswith("rand-"):
         fail("data.randaugment", d.randaugment, "must look like rand-m7-n4-mstd0.5-inc1")
+    if is_swin(m.backbone) and m.arch != "sa":
+        fail("model.arch", m.arch, f"is not defined for {m.backbone}: temporal attention and temporal shift are "
+             "those of plain ViTs (TimeSformer, X-ViT); Swin takes arch sa")
+    if is_swin(m.backbone) and m.method not in SWIN_METHODS:
+        fail("model.method", m.method, f"is not built for {m.backbone} (one of {', '.join(SWIN_METHODS)})")
+    if not 0 < m.adapter.width_fraction <= 4:
+        fail("model.adapter.width_fraction", m.adapter.width_fraction, "must be in (0, 4]")
     if m.arch not in METHOD_ARCHS[m.method]:
         why = ARCH_CONFLICTS["temporal" if m.method == "temporal" else m.arch]
         raise RecipeError(f"{source}: model.method = {m.method} with model.arch = {m.arch} is not one of the "
@@ -363,6 +372,11 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     if m.pretrained.lower() not in ("none", "") and _looks_like_path(m.pretrained):
         if not Path(m.pretrained).expanduser().is_file():
             fail("model.pretrained", m.pretrained, "is not a file (give an open_clip tag, a checkpoint file or none)")
+
+
+def is_swin(backbone: str) -> bool:
+    """A timm Swin Transformer: hierarchical stages instead of a plain ViT's one grid of tokens."""
+    return backbone.startswith("timm:swin")
 
 
 def _looks_like_path(value: str) -> bool:

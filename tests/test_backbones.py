@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import stadapt
+import stadapt.model.build
 from stadapt.errors import CheckpointError, RecipeError
 
 FRAMES = 2
@@ -101,3 +102,44 @@ def test_bad_library_names_and_weights_are_one_line(tmp_path):
     (tmp_path / "wrong.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         stadapt.build_model(recipe("timm:vit_tiny_patch16_224", str(tmp_path / "wrong.pt")))
+
+
+def swin_file(tmp_path):
+    import timm
+
+    torch.manual_seed(5)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, num_classes=0).eval()
+    torch.save(model.state_dict(), tmp_path / "swin.pt")
+    return model, tmp_path / "swin.pt"
+
+
+def test_swin_with_st_adapters_starts_as_timms_swin_and_adapts_every_stage(tmp_path):
+    source, path = swin_file(tmp_path)
+    swin = ["data.crop=64", "data.scale=[64,72]"]
+    model = stadapt.build_model(recipe("timm:swin_tiny_patch4_window7_224", str(path), *swin)).eval()
+    widths = [block.adapters["before_attn"].fc1.out_features for block in model.blocks]
+    assert widths == [48] * 2 + [96] * 2 + [192] * 6 + [384] * 2  # half of each stage's 96, 192, 384, 768
+    video = torch.randn(2, 3, FRAMES, 64, 64)
+    with torch.no_grad():
+        per_frame = source.forward_head(source.forward_features(video.transpose(1, 2).flatten(0, 1)),
+                                        pre_logits=True)
+        expected = model.heads["label"](per_frame.view(2, FRAMES, -1).mean(1))
+        torch.testing.assert_close(model(video), expected, atol=1e-5, rtol=1e-5)  # adapters start as identities
+        for name, p in model.named_parameters():
+            if ".adapters." in name:
+                p.normal_(std=0.1)
+        fast = model(video)
+        stadapt.model.build.set_impl(model, "reference")  # nn.Conv3d over the T×H×W volume of each stage
+        torch.testing.assert_close(fast, model(video), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(fast, expected, atol=1e-3)
+    assert tuple(model.image_mean) == pytest.approx((0.485, 0.456, 0.406))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.arch=sa_ta", "Swin takes arch sa"),
+    ("model.method=prompt", "model.method = 'prompt' is not built for timm:swin_base_patch4_window7_224"),
+])
+def test_swin_refuses_plain_vit_architectures_in_one_line(override, message):
+    with pytest.raises(RecipeError, match=message):
+        stadapt.load_recipe("k400_vitb", ["model.backbone=timm:swin_base_patch4_window7_224", override,
+                                          "model.method=full" if "arch" in override else "model.dropout=0.5"])

@@ -39,6 +39,7 @@ class Backbone:
     identity: dict[str, str]  # what produced the weights: library, name, tag or file hash
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    hierarchical: bool = False  # a timm Swin Transformer as timm built it, not a plain ViT
 
 
 def load_backbone(name: str, pretrained: str, device: str = "cpu", image_size: int | None = None) -> Backbone:
@@ -102,6 +103,8 @@ def _load_other(library: str, name: str, pretrained: str, device: str, image_siz
             model, mean, std = torchvision_backbone.create(name, tag, image_size)
     if weights_file:
         _load_state_file(model, path, name)
+    if timm_backbone.is_swin(model):
+        return Backbone(model, identity, mean, std, hierarchical=True)
     convert = timm_backbone.to_plain_vit if library == "timm" else torchvision_backbone.to_plain_vit
     return Backbone(convert(model, name), identity, mean, std)
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from stadapt.errors import RecipeError
 from stadapt.model.adapter import STAdapter
-from stadapt.model.backbone import load_backbone
+from stadapt.model.backbone import Backbone, load_backbone
+from stadapt.model.swin import SwinVideoClassifier
 from stadapt.model.video_vit import PatchEmbedding, VideoClassifier
 from stadapt.recipe import ADAPTER_METHODS, ModelConfig, Recipe, head_sizes
 
@@ -39,6 +40,8 @@ def build_model(recipe: Recipe, device: str = "cpu") -> VideoClassifier:
 def _build(recipe: Recipe, device: str) -> VideoClassifier:
     cfg = recipe.model
     backbone = load_backbone(cfg.backbone, "none" if device == "meta" else cfg.pretrained, device, recipe.data.crop)
+    if backbone.hierarchical:
+        return _finish(_build_swin(backbone.visual, cfg), backbone, cfg)
     head = {"attn_pool": "attn_pool"}.get(cfg.method, "aggregation" if cfg.arch == "sa_ts" else None)
     model = VideoClassifier(
         backbone.visual,
@@ -48,8 +51,6 @@ def _build(recipe: Recipe, device: str) -> VideoClassifier:
         prompt_tokens=cfg.prompt_tokens if cfg.method == "prompt" else 0,
         temporal_head=head,
     )
-    model.image_mean, model.image_std = backbone.mean, backbone.std
-    model.backbone_identity = backbone.identity
     depth = len(model.blocks)
     if cfg.arch == "sa_ta":
         model.add_temporal_attention([depth - 1] if cfg.method == "partial" else range(depth))
@@ -57,6 +58,20 @@ def _build(recipe: Recipe, device: str) -> VideoClassifier:
         model.add_temporal_shift()
     if cfg.method in ADAPTER_METHODS:
         insert_adapters(model, cfg)
+    return _finish(model, backbone, cfg)
+
+
+def _build_swin(visual: nn.Module, cfg: ModelConfig) -> SwinVideoClassifier:
+    model = SwinVideoClassifier(visual, head_sizes(cfg), cfg.dropout)
+    if cfg.method in ADAPTER_METHODS:
+        kernel = cfg.adapter.kernel if cfg.method == "st_adapter" else None
+        model.add_adapters(cfg.adapter.width_fraction, kernel, cfg.adapter.activation, cfg.impl)
+    return model
+
+
+def _finish(model: VideoClassifier | SwinVideoClassifier, backbone: Backbone, cfg: ModelConfig):
+    model.image_mean, model.image_std = backbone.mean, backbone.std
+    model.backbone_identity = backbone.identity
     set_trainable(model, cfg.method)
     model.grad_checkpointing = cfg.grad_checkpointing
     set_impl(model, cfg.impl)
@@ -81,7 +96,7 @@ def set_trainable(model: VideoClassifier, method: str) -> None:
     for p in model.parameters():
         p.requires_grad = method == "full"
     trainable: list[nn.Module] = [model.heads]
-    temporal = [block.temporal for block in model.blocks if block.temporal is not None]
+    temporal = [block.temporal for block in model.blocks if getattr(block, "temporal", None) is not None]
     if method in ADAPTER_METHODS:
         trainable += [block.adapters for block in model.blocks]
     elif method == "partial":
@@ -93,7 +108,7 @@ def set_trainable(model: VideoClassifier, method: str) -> None:
     for module in trainable:
         for p in module.parameters():
             p.requires_grad = True
-    if model.time_embed is not None:
+    if getattr(model, "time_embed", None) is not None:
         model.time_embed.requires_grad = method in ("full", "partial", "temporal")
     if method == "prompt":
         model.prompts.requires_grad = True

@@ -4,7 +4,8 @@ The model is created by timm itself (`timm.create_model`); its weights are timm'
 pretrained tag (`model.pretrained: TAG`, downloaded by timm on first use), a local state-dict
 file (loaded without executing code), or `none`. Its modules then become a PlainViT of
 VideoBlocks: timm's norms, MLP and layer scales as they are, its fused qkv attention as the
-same weights in an nn.MultiheadAttention.
+same weights in an nn.MultiheadAttention. Swin Transformers stay as timm built them
+(stadapt.model.swin).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def create(name: str, pretrained: str, weights_file: str | None, image_size: int
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     return model, dict(model.pretrained_cfg)
+
+
+def is_swin(model: nn.Module) -> bool:
+    from timm.models.swin_transformer import SwinTransformer
+
+    return isinstance(model, SwinTransformer)
 
 
 def to_plain_vit(model: nn.Module, name: str) -> PlainViT:
