@@ -348,6 +348,9 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
              "those of plain ViTs (TimeSformer, X-ViT); Swin takes arch sa")
     if is_swin(m.backbone) and m.method not in SWIN_METHODS:
         fail("model.method", m.method, f"is not built for {m.backbone} (one of {', '.join(SWIN_METHODS)})")
+    if is_swin(m.backbone) and (m.adapter.positions != ["before_attn"] or m.adapter.layers != "all"):
+        fail("model.adapter", f"positions {m.adapter.positions}, layers {m.adapter.layers}",
+             f"is not built for {m.backbone}: one adapter before each block's window attention (before_attn, all)")
     if not 0 < m.adapter.width_fraction <= 4:
         fail("model.adapter.width_fraction", m.adapter.width_fraction, "must be in (0, 4]")
     if m.arch not in METHOD_ARCHS[m.method]:

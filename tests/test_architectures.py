@@ -178,3 +178,22 @@ def test_pairs_outside_the_paper_are_one_line_exit_2_and_write_nothing(method, a
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
     with pytest.raises(RecipeError):
         stadapt.load_recipe("demo", [f"model.method={method}", f"model.arch={arch}"])
+
+
+@pytest.mark.parametrize("row", ["full", "full+sa_ta", "temporal+sa_ta", "st_adapter"])
+def test_imagenet_21k_column_counts_as_the_clip_column(row):
+    recipe = stadapt.load_recipe("k400_vitb_in21k", list(method_variant(row).overrides))  # no download on meta
+    trainable, _ = count_parameters(stadapt.build_model(recipe, device="meta"))
+    expected = TABLE1[row]
+    if isinstance(expected, int):
+        assert trainable == expected
+    else:
+        assert f"{trainable / 1e6:.{len(expected.split('.')[1])}f}" == expected
+
+
+@pytest.mark.parametrize("name", ["k400_vitb_swag", "ssv2_vitb_swag", "k400_swinb", "ssv2_swinb", "ssv2_vitb_in21k"])
+def test_backbone_recipes_build(name):
+    recipe = stadapt.load_recipe(name)
+    model = stadapt.build_model(recipe, device="meta")
+    assert 7e6 < count_parameters(model)[0] < 15e6  # ST-Adapters and the classifier
+    assert model.heads["label"].out_features == recipe.model.num_classes
