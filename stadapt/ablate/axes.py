@@ -193,14 +193,7 @@ def _unique(found: list[Variant]) -> list[Variant]:
 
 
 def backbone_depth(recipe: Recipe) -> int:
-    """Number of transformer blocks of the recipe's backbone, from its open_clip config (no weights)."""
-    import open_clip
+    """Number of blocks of the recipe's backbone, of any library, from its shapes alone (no weights)."""
+    from stadapt.model.build import build_model
 
-    from stadapt.model import backbone  # noqa: F401  (registers the bundled tiny config)
-
-    config = open_clip.get_model_config(recipe.model.backbone)
-    layers = (config or {}).get("vision_cfg", {}).get("layers")
-    if not isinstance(layers, int):
-        raise AblationError(f"model.backbone = {recipe.model.backbone!r}: no ViT config with a block count "
-                            "in open_clip, so its layers cannot be ablated")
-    return layers
+    return len(build_model(recipe, device="meta").blocks)
