@@ -202,6 +202,7 @@ def test_backbone_recipes_build(name):
 def test_layer_ablation_reads_the_depth_of_any_librarys_backbone():
     from stadapt.ablate.axes import backbone_depth
 
-    recipe = stadapt.load_recipe("k400_vitb_in21k", ["model.backbone=timm:vit_small_patch16_224", "model.pretrained=none"])
+    recipe = stadapt.load_recipe("k400_vitb_in21k", ["model.backbone=timm:vit_small_patch16_224",
+                                                     "model.pretrained=none"])
     assert backbone_depth(recipe) == 12
     assert backbone_depth(stadapt.load_recipe("k400_vitl", ["model.pretrained=none"])) == 24
