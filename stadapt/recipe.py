@@ -23,7 +23,24 @@ from stadapt.errors import RecipeError, first_line
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 Position = Literal["before_attn", "after_attn", "after_ffn"]
-Method = Literal["st_adapter", "adapter", "linear_probe", "full", "partial", "prompt", "attn_pool"]
+Method = Literal["st_adapter", "adapter", "linear_probe", "full", "partial", "temporal", "prompt", "attn_pool"]
+Arch = Literal["sa", "sa_ta", "sa_ts"]
+POSITIONS: tuple[str, ...] = typing.get_args(Position)
+METHODS: tuple[str, ...] = typing.get_args(Method)
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
+ADAPTER_METHODS = ("st_adapter", "adapter")  # the methods that insert adapters at model.adapter.positions
+# The paper's (Table 1) architectures of each method, and why the others are not offered.
+METHOD_ARCHS: dict[str, tuple[str, ...]] = {
+    "full": ("sa", "sa_ta", "sa_ts"), "partial": ("sa", "sa_ta"), "temporal": ("sa_ta",),
+    "linear_probe": ("sa",), "attn_pool": ("sa",), "prompt": ("sa",), "adapter": ("sa",), "st_adapter": ("sa",),
+}
+ARCH_CONFLICTS = {
+    "temporal": "temporal fine-tuning trains the temporal attention, which only sa_ta has",
+    "sa_ts": "the temporal shift changes the frozen backbone's function, so only full fine-tuning can follow it",
+    "sa_ta": "the new temporal attention must train, which this method does not do (use full, partial or temporal)",
+}
+SWIN_METHODS = ("st_adapter", "adapter", "linear_probe", "full")
+FULL_BACKBONE_LR_SCALE = 0.01  # full fine-tuning of pretrained layers: 1/100 lr and wd (paper, appendix)
 
 
 @dataclass
@@ -58,6 +75,7 @@ class AdapterConfig:
     positions: list[Position] = field(default_factory=lambda: ["before_attn"])
     layers: Union[Literal["all"], list[int]] = "all"
     activation: Literal["none", "gelu", "quick_gelu"] = "none"
+    width_fraction: float = 0.5  # hierarchical backbones (Swin): the width as a fraction of each stage's width
 
 
 @dataclass
@@ -65,11 +83,12 @@ class ModelConfig:
     backbone: str = "ViT-B-16-quickgelu"  # an open_clip model name
     pretrained: str = "openai"  # an open_clip tag, a local checkpoint file, or "none"
     method: Method = "st_adapter"
+    arch: Arch = "sa"  # sa (space only) | sa_ta (TimeSformer) | sa_ts (X-ViT), Table 1's architecture column
     impl: Literal["fast", "reference"] = "fast"
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     num_classes: Union[int, dict[str, int]] = 400  # several heads: {verb: 97, noun: 300}
     dropout: float = 0.5
-    prompt_tokens: int = 8  # method=prompt: learnable tokens per frame
+    prompt_tokens: int = 95  # method=prompt (VPT-deep): learnable tokens at every block's input (1.18M on ViT-B)
     init_from: Optional[str] = None  # a run directory or adapter.safetensors to start from
     grad_checkpointing: bool = False
 
@@ -82,7 +101,8 @@ class TrainConfig:
     lr: float = 5.0e-4
     weight_decay: float = 1.0e-2
     warmup_steps: int = 1000
-    backbone_lr_scale: float = 1.0  # lr and wd factor for trained backbone weights (full: 0.01)
+    # lr and wd factor for trained pretrained weights; null: the paper's (full 0.01, partial 1.0)
+    backbone_lr_scale: Optional[float] = None
     adapter_lr_scale: float = 1.0  # lr and wd factor for adapters (UCF/HMDB from K400: 0.1)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # on GPU; the CPU always runs fp32
     compile: bool = True  # torch.compile the model on CUDA (ignored on CPU)
@@ -188,6 +208,8 @@ def apply_override(raw: dict, item: str) -> None:
 def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
     recipe = _build(Recipe, raw, prefix="", source=source)
     validate(recipe, source)
+    if recipe.train.backbone_lr_scale is None:  # the paper's per-method setting, written into recipe.yaml
+        recipe.train.backbone_lr_scale = FULL_BACKBONE_LR_SCALE if recipe.model.method == "full" else 1.0
     return recipe
 
 
@@ -299,7 +321,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         fail("train.device_batch_size", t.device_batch_size, "must be positive")
     for key, value in {"train.lr": t.lr, "train.backbone_lr_scale": t.backbone_lr_scale,
                        "train.adapter_lr_scale": t.adapter_lr_scale}.items():
-        if not value > 0:
+        if value is not None and not value > 0:
             fail(key, value, "must be positive")
     for key, value in {"train.weight_decay": t.weight_decay, "train.warmup_steps": t.warmup_steps,
                        "train.workers": t.workers, "train.seed": t.seed}.items():
@@ -321,6 +343,20 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         fail("data.test_views.spatial", d.test_views.spatial, "must be 1 (centre crop) or 3 (three crops)")
     if d.randaugment is not None and not d.randaugment.startswith("rand-"):
         fail("data.randaugment", d.randaugment, "must look like rand-m7-n4-mstd0.5-inc1")
+    if is_swin(m.backbone) and m.arch != "sa":
+        fail("model.arch", m.arch, f"is not defined for {m.backbone}: temporal attention and temporal shift are "
+             "those of plain ViTs (TimeSformer, X-ViT); Swin takes arch sa")
+    if is_swin(m.backbone) and m.method not in SWIN_METHODS:
+        fail("model.method", m.method, f"is not built for {m.backbone} (one of {', '.join(SWIN_METHODS)})")
+    if is_swin(m.backbone) and (m.adapter.positions != ["before_attn"] or m.adapter.layers != "all"):
+        fail("model.adapter", f"positions {m.adapter.positions}, layers {m.adapter.layers}",
+             f"is not built for {m.backbone}: one adapter before each block's window attention (before_attn, all)")
+    if not 0 < m.adapter.width_fraction <= 4:
+        fail("model.adapter.width_fraction", m.adapter.width_fraction, "must be in (0, 4]")
+    if m.arch not in METHOD_ARCHS[m.method]:
+        why = ARCH_CONFLICTS["temporal" if m.method == "temporal" else m.arch]
+        raise RecipeError(f"{source}: model.method = {m.method} with model.arch = {m.arch} is not one of the "
+                          f"paper's pairs: {why} ({m.method} takes arch {', '.join(METHOD_ARCHS[m.method])})")
     k = m.adapter.kernel
     if len(k) != 3 or any(v <= 0 or v % 2 == 0 for v in k):
         fail("model.adapter.kernel", k, "must be three odd positive sizes [kT, kH, kW] ('same' padding)")
@@ -339,6 +375,11 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     if m.pretrained.lower() not in ("none", "") and _looks_like_path(m.pretrained):
         if not Path(m.pretrained).expanduser().is_file():
             fail("model.pretrained", m.pretrained, "is not a file (give an open_clip tag, a checkpoint file or none)")
+
+
+def is_swin(backbone: str) -> bool:
+    """A timm Swin Transformer: hierarchical stages instead of a plain ViT's one grid of tokens."""
+    return backbone.startswith("timm:swin")
 
 
 def _looks_like_path(value: str) -> bool:

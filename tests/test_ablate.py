@@ -41,7 +41,8 @@ def test_paper_defaults():
     assert names("layers") == ["1-4", "5-8", "9-12", "5-12", "1-12"]
     assert names("position") == ["before_attn", "after_attn", "after_ffn", "before_attn+after_attn"]
     assert names("kernel") == ["1x1x1", "1x3x3", "3x1x1", "3x3x3"]
-    assert names("method") == ["linear_probe", "attn_pool", "prompt", "partial", "adapter", "st_adapter", "full"]
+    assert names("method") == ["full", "full+sa_ta", "full+sa_ts", "partial", "partial+sa_ta", "temporal+sa_ta",
+                               "prompt", "attn_pool", "linear_probe", "adapter", "st_adapter"]
     (kernel, *_), _ = variants(AXES["kernel"], None, 12)
     assert kernel.overrides == ("model.adapter.kernel=[1,1,1]",)
 

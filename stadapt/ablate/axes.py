@@ -2,24 +2,24 @@
 
 A variant is a name (also its run directory) and the `--set` overrides that make it. The
 defaults are the paper's: Table 5a (width), 5b (layers), 5c (position), Table 7 (kernel)
-and Table 1 (method). Layer ranges in the paper are 1-based over the 12 blocks of ViT-B/16;
+and Table 1's eleven rows (method, `+arch` where not space-only, e.g. `full+sa_ta`).
+Layer ranges in the paper are 1-based over the 12 blocks of ViT-B/16;
 on a backbone of another depth the defaults are scaled to the same fractions of its depth,
 while ranges a user gives with `--values` are taken as written, over the backbone's blocks.
 """
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from stadapt.errors import StadaptError
-from stadapt.recipe import Method, Position, Recipe
+from stadapt.recipe import ADAPTER_METHODS, ARCHS, METHOD_ARCHS, METHODS, POSITIONS, Recipe
 
 PAPER_DEPTH = 12  # ViT-B/16, the backbone of Tables 5 and 7
-METHODS: tuple[str, ...] = typing.get_args(Method)
-POSITIONS: tuple[str, ...] = typing.get_args(Position)
-ADAPTER_METHODS = ("st_adapter", "adapter")
+# Table 1's rows, top to bottom: METHOD for the space-only architecture, METHOD+ARCH otherwise.
+TABLE1_ROWS = ("full", "full+sa_ta", "full+sa_ts", "partial", "partial+sa_ta", "temporal+sa_ta", "prompt",
+               "attn_pool", "linear_probe", "adapter", "st_adapter")
 
 
 class AblationError(StadaptError):
@@ -53,9 +53,8 @@ AXES: dict[str, Axis] = {a.name: a for a in (
          "before_attn,after_ffn", ADAPTER_METHODS, by_params=False),
     Axis("kernel", "depth-wise convolution kernel (T×H×W)", "Table 7", ("1x1x1", "1x3x3", "3x1x1", "3x3x3"),
          "1x1x1,3x1x1", ("st_adapter",), by_params=False),
-    Axis("method", "fine-tuning method", "Table 1, Fig. 2a",
-         ("linear_probe", "attn_pool", "prompt", "partial", "adapter", "st_adapter", "full"),
-         "linear_probe,st_adapter", (), by_params=True),
+    Axis("method", "fine-tuning method and architecture", "Table 1, Fig. 2a", TABLE1_ROWS,
+         "linear_probe,full+sa_ta", (), by_params=True),
 )}
 
 
@@ -119,15 +118,24 @@ def kernel_variant(text: str, depth: int) -> Variant:
     return Variant("x".join(map(str, kernel)), (f"model.adapter.kernel=[{','.join(map(str, kernel))}]",))
 
 
-def method_variant(text: str, depth: int) -> Variant:
-    if text not in METHODS:
-        raise ValueError(f"a method is one of {', '.join(METHODS)}")
-    return Variant(text, (f"model.method={text}",))
+def method_variant(text: str) -> Variant:
+    """`METHOD` or `METHOD+ARCH` (Table 1's rows, e.g. `full+sa_ta`) → its model.method and model.arch.
+
+    ValueError (a reason a user can read) for an unknown name or a pair the paper does not have.
+    """
+    method, _, arch = text.partition("+")
+    arch = arch or "sa"
+    if method not in METHODS or arch not in ARCHS:
+        raise ValueError(f"a method is one of {', '.join(METHODS)}, optionally +{'/+'.join(ARCHS[1:])}")
+    if arch not in METHOD_ARCHS[method]:
+        raise ValueError(f"{method} takes arch {', '.join(METHOD_ARCHS[method])}")
+    name = method if arch == "sa" else f"{method}+{arch}"
+    return Variant(name, (f"model.method={method}", f"model.arch={arch}"))
 
 
 PARSERS: dict[str, Callable[[str, int], Variant]] = {
     "width": width_variant, "layers": layers_variant, "position": position_variant,
-    "kernel": kernel_variant, "method": method_variant,
+    "kernel": kernel_variant, "method": lambda text, depth: method_variant(text),
 }
 
 
@@ -185,14 +193,7 @@ def _unique(found: list[Variant]) -> list[Variant]:
 
 
 def backbone_depth(recipe: Recipe) -> int:
-    """Number of transformer blocks of the recipe's backbone, from its open_clip config (no weights)."""
-    import open_clip
+    """Number of blocks of the recipe's backbone, of any library, from its shapes alone (no weights)."""
+    from stadapt.model.build import build_model
 
-    from stadapt.model import backbone  # noqa: F401  (registers the bundled tiny config)
-
-    config = open_clip.get_model_config(recipe.model.backbone)
-    layers = (config or {}).get("vision_cfg", {}).get("layers")
-    if not isinstance(layers, int):
-        raise AblationError(f"model.backbone = {recipe.model.backbone!r}: no ViT config with a block count "
-                            "in open_clip, so its layers cannot be ablated")
-    return layers
+    return len(build_model(recipe, device="meta").blocks)

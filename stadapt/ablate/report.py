@@ -29,6 +29,7 @@ from stadapt.model.artifact import ADAPTER_FILE  # noqa: E402
 from stadapt.recipe import head_sizes  # noqa: E402
 
 CSV_FIELDS = ("variant", "trainable_params", "top1_pct", "top5_pct", "train_seconds")
+ARCH_NAMES = {"sa": "SA", "sa_ta": "SA+TA", "sa_ts": "SA+TS"}  # Table 1's architecture column
 STATUS = {"reused": "done earlier", "trained": "trained now", "failed": "failed", "interrupted": "interrupted",
           "pending": "not run"}
 
@@ -37,6 +38,7 @@ STATUS = {"reused": "done earlier", "trained": "trained now", "failed": "failed"
 class Row:
     variant: str
     status: str
+    arch: str = "SA"
     trainable_params: Optional[int] = None
     top1: Optional[float] = None  # percent
     top5: Optional[float] = None
@@ -62,7 +64,7 @@ def count_trainable(adapter: Path) -> Optional[int]:
 
 
 def read_row(run: VariantRun) -> Row:
-    row = Row(run.variant.name, run.status)
+    row = Row(run.variant.name, run.status, ARCH_NAMES[run.recipe.model.arch])
     timing = read_time(run.run_dir)
     if timing is not None:
         row.train_seconds = timing["train_seconds"]
@@ -93,23 +95,24 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 def results_table(ablation: Ablation, rows: list[Row]) -> Table:
     axis = ablation.axis
-    table = Table(axis.name, "trainable params", "top-1 %", "top-5 %", "train s", "status",
+    arch = ["architecture"] if axis.name == "method" else []
+    table = Table(axis.name, *arch, "trainable params", "top-1 %", "top-5 %", "train s", "status",
                   title=f"ablate {axis.name}: {ablation.recipe_path.name}, validation (paper {axis.paper})",
                   title_justify="left")
     for row in rows:
-        table.add_row(row.variant, _fmt(row.trainable_params, ","), _fmt(row.top1, ".2f"), _fmt(row.top5, ".2f"),
-                      _fmt(row.train_seconds, ".0f"), STATUS[row.status])
+        table.add_row(row.variant, *([row.arch] if arch else []), _fmt(row.trainable_params, ","),
+                      _fmt(row.top1, ".2f"), _fmt(row.top5, ".2f"), _fmt(row.train_seconds, ".0f"), STATUS[row.status])
     return table
 
 
-def write_csv(path: Path, rows: list[Row]) -> None:
+def write_csv(path: Path, rows: list[Row], with_arch: bool = False) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    writer.writerow(CSV_FIELDS + (("arch",) if with_arch else ()))
     for row in rows:
         if row.finished:
             writer.writerow([row.variant, row.trainable_params, f"{row.top1:.2f}", f"{row.top5:.2f}",
-                             _fmt(row.train_seconds, ".1f")])
+                             _fmt(row.train_seconds, ".1f"), *([row.arch] if with_arch else [])])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -126,13 +129,15 @@ def describe(ablation: Ablation) -> str:
 
 def write_markdown(path: Path, ablation: Ablation, rows: list[Row]) -> None:
     axis = ablation.axis
+    arch = axis.name == "method"
     lines = [f"# stadapt ablate {axis.name}: {axis.title} (paper {axis.paper})", "", describe(ablation), "",
-             f"| {axis.name} | trainable params | top-1 (%) | top-5 (%) | train time (s) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             f"| {axis.name} |{' architecture |' if arch else ''} trainable params | top-1 (%) | top-5 (%) "
+             "| train time (s) |",
+             f"| --- |{' --- |' if arch else ''} ---: | ---: | ---: | ---: |"]
     for row in rows:
         if row.finished:
-            lines.append(f"| {row.variant} | {_fmt(row.trainable_params, ',')} | {row.top1:.2f} | {row.top5:.2f} | "
-                         f"{_fmt(row.train_seconds, '.0f')} |")
+            lines.append(f"| {row.variant} |{f' {row.arch} |' if arch else ''} {_fmt(row.trainable_params, ',')} | "
+                         f"{row.top1:.2f} | {row.top5:.2f} | {_fmt(row.train_seconds, '.0f')} |")
     missing = [row.variant for row in rows if not row.finished]
     notes = [ablation.note] if ablation.note else []
     if missing:
@@ -178,8 +183,11 @@ def _params_plot(ax: plt.Axes, rows: list[Row], axis_name: str) -> None:
         ax.plot(x, y, "o-", color="tab:red", lw=1.5, ms=7, zorder=3)
         labels = [f"width {r.variant}: {r.top1:.1f}%" for r in rows]
     else:
-        colors = ["tab:red" if r.variant == "st_adapter" else "tab:blue" for r in rows]
-        ax.scatter(x, y, c=colors, s=55, zorder=3)
+        # As Fig. 2a: ST-Adapter in red; methods with temporal modelling (SA+TA, SA+TS) as triangles.
+        for temporal, marker in ((False, "o"), (True, "^")):
+            picked = [r for r in rows if (r.arch != "SA") == temporal]
+            ax.scatter([r.trainable_params for r in picked], [r.top1 for r in picked], marker=marker, s=55,
+                       zorder=3, c=["tab:red" if r.variant == "st_adapter" else "tab:blue" for r in picked])
         labels = [f"{r.variant}: {r.top1:.1f}%" for r in rows]
     for xi, yi, ly, label in zip(x, y, _label_heights(x, y), labels):
         ax.annotate(label, (xi, yi), xytext=(xi * 1.25, ly), ha="left", va="center", fontsize=8, zorder=4,
@@ -226,7 +234,7 @@ def write_reports(ablation: Ablation, rows: list[Row]) -> list[Path]:
     """ablate-<axis>.csv, .md and .png in the ablation's directory; returns their paths."""
     stem = ablation.out / f"ablate-{ablation.axis.name}"
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    write_csv(paths[0], rows)
+    write_csv(paths[0], rows, with_arch=ablation.axis.name == "method")
     write_markdown(paths[1], ablation, rows)
     plot(paths[2], ablation, rows)
     return paths

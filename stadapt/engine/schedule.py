@@ -3,9 +3,11 @@
 Parameter groups follow what the parameter is, not where it sits in a config:
 - adapters train at `adapter_lr_scale` × (lr, weight decay): fine-tuning UCF-101 from a
   K400 run uses 0.1 so the adapters move less than the new classifier;
-- trained backbone weights (methods full and partial) at `backbone_lr_scale` ×, so a
-  pretrained ViT is nudged, not overwritten;
-- everything new (classifier heads, prompts, attention pooling) at the base rate.
+- trained pretrained weights (methods full and partial) at `backbone_lr_scale` ×, so a
+  pretrained ViT is nudged, not overwritten (the recipe resolves it to the paper's per
+  method: full 0.01, partial 1.0);
+- everything new (classifier heads, prompts, attention pooling, TimeSformer's temporal
+  attention and time embedding, X-ViT's aggregation head) at the base rate.
 Biases, norms, 1-d tensors, embeddings and prompts get no weight decay: shrinking them
 toward zero changes what they mean rather than regularising.
 """
@@ -28,9 +30,9 @@ def param_kind(name: str) -> str:
     """adapter, backbone or new: which learning-rate scale a trainable parameter gets."""
     if ".adapters." in name:
         return "adapter"
-    if name.startswith("visual."):
+    if name.startswith("visual.") and ".temporal." not in name:
         return "backbone"
-    return "new"  # heads, prompts, attention pooling
+    return "new"  # heads, prompts, pooling heads, temporal attention and its time embedding
 
 
 def wants_decay(name: str, param: torch.Tensor) -> bool:

@@ -1,1 +1,2 @@
-"""ST-Adapter model: adapters, backbone loading, the video classifier and its builder."""
+"""The video classifier: one ViT block with temporal attention, shift and adapters; backbone loaders per library
+(open_clip, timm, torchvision) and Swin; the Table 1 builder, adapter artifacts and the public-code converter."""
