@@ -312,7 +312,15 @@ ABLATE_HELP = (
     "layers 1-4,5-8,9-12,5-12,1-12 (Table 5b: 1-based blocks of ViT-B/16, scaled to the depth of another "
     "backbone); position before_attn,after_attn,after_ffn,before_attn+after_attn (Table 5c); "
     "kernel 1x1x1,1x3x3,3x1x1,3x3x3 (Table 7); "
-    "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1).\n\n"
+    "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1); "
+    "steps 0.25,0.5,0.75,1 (Fig. 2b: fractions of the recipe's steps and warm-up); "
+    "data 0.05,0.1,0.2,0.5,1 (Fig. 2c: a seeded class-stratified share of the train split, data.train_fraction); "
+    "frames 8,16,32 (Tables 2, 3: dense sampling keeps the recipe's temporal span, so strides 16, 8, 4 on K400; "
+    "the table adds GFLOPs per view × views); "
+    "split 1,2,3 (Table 12: DATA_ROOT/split1..3 of `stadapt prepare ucf101|hmdb51 ROOT --split all`; "
+    "the table ends with their mean).\n\n"
+    "--methods st_adapter,full trains every value once per method (OUT/METHOD/VALUE): one line per method "
+    "in the plot, one column per method in the table.\n\n"
     "Each variant is a run directory OUT/VARIANT. A finished one (eval-val.json, adapter.safetensors) is not "
     "trained again and an interrupted one resumes from its checkpoint, so re-running the same command "
     "completes a sweep. "
@@ -323,12 +331,14 @@ ABLATE_HELP = (
 
 @app.command("ablate", help=ABLATE_HELP)
 def ablate_command(
-    axis: str = typer.Argument(..., help="width | layers | position | kernel | method"),
+    axis: str = typer.Argument(..., help="width | layers | position | kernel | method | steps | data | frames | split"),
     recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled recipe name."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key for every variant (repeatable)."),
     values: Optional[str] = typer.Option(None, "--values", help="Comma-separated values instead of the paper's, "
                                          "e.g. 64,384 or 1x1x1,3x1x1 (layers: 1-based block ranges, as written)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default ablations/RECIPE-AXIS)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods, each value trained "
+                                          "once per method, e.g. st_adapter,full (default: the recipe's)."),
 ) -> None:
     """`stadapt ablate`; the user-facing help is ABLATE_HELP."""
     import signal
@@ -336,7 +346,7 @@ def ablate_command(
     from stadapt.ablate.report import read_rows, results_table, write_reports
     from stadapt.ablate.runner import AblationIncomplete, plan, run_ablation
 
-    ablation = run_ablation(plan(axis, recipe, set_, values, out),
+    ablation = run_ablation(plan(axis, recipe, set_, values, out, methods),
                             say=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     rows = read_rows(ablation)
     console.print(results_table(ablation, rows))
@@ -348,7 +358,7 @@ def ablate_command(
                           soft_wrap=True)
         raise typer.Exit(128 + ablation.signum)
     if ablation.failed:
-        failed = ", ".join(f"{r.variant.name} (see {r.run_dir / 'train.log'})" for r in ablation.failed)
+        failed = ", ".join(f"{r.variant.key} (see {r.run_dir / 'train.log'})" for r in ablation.failed)
         raise AblationIncomplete(f"{len(ablation.failed)} of {len(ablation.runs)} variants failed: {failed}")
 
 

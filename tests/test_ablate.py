@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stadapt.ablate.axes import AXES, backbone_depth, scale_block_range, variants
+from stadapt.ablate.axes import AXES, Base, backbone_depth, scale_block_range, variants
 from stadapt.ablate.runner import Job, run_jobs
 from stadapt.cli import main
 from stadapt.model.build import build_model, count_parameters
@@ -33,7 +33,7 @@ def tiny_recipe(path: Path, root: Path) -> Path:
 
 
 def names(axis: str, values: str | None = None, depth: int = 12) -> list[str]:
-    return [v.name for v in variants(AXES[axis], values, depth)[0]]
+    return [v.name for v in variants(AXES[axis], values, Base(load_recipe("demo"), depth))[0]]
 
 
 def test_paper_defaults():
@@ -42,18 +42,18 @@ def test_paper_defaults():
     assert names("position") == ["before_attn", "after_attn", "after_ffn", "before_attn+after_attn"]
     assert names("kernel") == ["1x1x1", "1x3x3", "3x1x1", "3x3x3"]
     assert names("method") == ["linear_probe", "attn_pool", "prompt", "partial", "adapter", "st_adapter", "full"]
-    (kernel, *_), _ = variants(AXES["kernel"], None, 12)
+    (kernel, *_), _ = variants(AXES["kernel"], None, Base(load_recipe("demo")))
     assert kernel.overrides == ("model.adapter.kernel=[1,1,1]",)
 
 
 def test_layer_ranges_scale_to_a_four_block_backbone():
-    found, note = variants(AXES["layers"], None, 4)
+    found, note = variants(AXES["layers"], None, Base(load_recipe("demo"), 4))
     assert [v.name for v in found] == ["1", "2-3", "4", "2-4", "1-4"]
     assert [v.overrides for v in found] == [("model.adapter.layers=[0]",), ("model.adapter.layers=[1,2]",),
                                             ("model.adapter.layers=[3]",), ("model.adapter.layers=[1,2,3]",),
                                             ("model.adapter.layers=[0,1,2,3]",)]
     assert "4 blocks" in note and "scaled to 1, 2-3, 4, 2-4, 1-4" in note
-    assert variants(AXES["layers"], None, 12)[1] is None  # the paper's own depth: as written
+    assert variants(AXES["layers"], None, Base(load_recipe("demo"), 12))[1] is None  # the paper's own depth: as written
     assert [scale_block_range(a, b, 24) for a, b in ((1, 4), (5, 8), (9, 12), (5, 12))] == [
         (1, 8), (9, 16), (17, 24), (9, 24)]
     assert names("layers", depth=1) == ["1"]  # coinciding ranges are kept once
