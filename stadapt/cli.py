@@ -62,7 +62,8 @@ def prepare_command(
     dataset: str = typer.Argument(..., help="k400 | ssv2 | ek100 | ucf101 | hmdb51 | folder | csv | synthetic"),
     root: Path = typer.Argument(..., help="Where the data set was unpacked (synthetic: where to write the videos)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prepared directory to write (default data/DATASET)."),
-    split: int = typer.Option(1, "--split", min=1, max=3, help="Official split of ucf101 / hmdb51."),
+    split: str = typer.Option("1", "--split", help="Official split of ucf101 / hmdb51: 1, 2, 3, or all "
+                              "(OUT/split1, OUT/split2, OUT/split3, for `stadapt ablate split`)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Probing processes (default: all cores)."),
     decode: bool = typer.Option(False, "--decode/--no-decode", help="Also write the pre-decoded store."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="folder / synthetic: share of each class for val."),
@@ -76,17 +77,32 @@ def prepare_command(
 ) -> None:
     """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
     from stadapt.data.indexers import IndexOptions
-    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
+    from stadapt.data.prepare import (
+        PrepareOptions,
+        SyntheticOptions,
+        parse_size,
+        prepare,
+        prepare_splits,
+        split_dir,
+        summary_table,
+    )
     from stadapt.data.probe import default_workers
 
+    if split not in ("1", "2", "3", "all"):
+        raise typer.BadParameter(f"{split!r} is not one of 1, 2, 3, all", param_hint="--split")
     options = PrepareOptions(
         dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode,
-        index=IndexOptions(split=split, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv),
+        index=IndexOptions(split=1 if split == "all" else int(split), val_fraction=val_fraction, seed=seed,
+                           train_csv=train_csv, val_csv=val_csv),
         synthetic=SyntheticOptions(classes=classes, videos_per_class=videos_per_class, frames=frames,
                                    size=parse_size(size)),
     )
-    report = prepare(options, console=err_console)
-    console.print(summary_table(report, options.out or Path("data") / dataset))
+    out = options.out or Path("data") / dataset
+    if split == "all":
+        for n, report in prepare_splits(options, console=err_console).items():
+            console.print(summary_table(report, split_dir(out, n)))
+        return
+    console.print(summary_table(prepare(options, console=err_console), out))
 
 
 @bench_app.command("model")
@@ -303,6 +319,30 @@ def predict_command(
     else:
         console.print(predictions_table(results, model_dir))
     if not any("predictions" in entry for entry in results):
+        raise typer.Exit(1)
+
+
+@app.command("explain")
+def explain_command(
+    videos: list[str] = typer.Argument(..., help="Video files or directories of videos."),
+    model: Optional[str] = typer.Option(None, "--model", help="A run directory (default runs/latest)."),
+    out: Path = typer.Option(Path("explain"), "--out", help="Directory for one PNG and one JSON per video."),
+) -> None:
+    """Attention maps (Fig. 3): the CLS token's last-block attention per frame, with and without the adapters.
+
+    Exit code 1 only when no video could be read.
+    """
+    from stadapt.engine.explain import explain
+    from stadapt.engine.predict import resolve_model_dir
+
+    results = explain(videos, resolve_model_dir(model), out)
+    for entry in results:
+        if "error" in entry:
+            err_console.print(f"[red]skipped[/] {entry['error']}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"{entry['video']}: wrote {entry['png']} and {entry['json']}", highlight=False,
+                          soft_wrap=True)
+    if not any("png" in entry for entry in results):
         raise typer.Exit(1)
 
 
