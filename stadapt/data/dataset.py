@@ -10,6 +10,7 @@ replaced so it can enforce data.max_bad_fraction. In testing the item says ok=Fa
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -127,7 +128,7 @@ def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list
     """`fraction` of each class (at least one video), in manifest order.
 
     Each class's videos are ranked once by a permutation seeded with (seed, class), and the
-    first `round(fraction × n)` are taken, so every method trained with the same seed sees the
+    first fraction × n (rounded half up) are taken, so every method trained with the same seed sees the
     same subset, and the subset of a smaller fraction lies inside that of a larger one.
     """
     if fraction >= 1.0:
@@ -138,7 +139,7 @@ def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list
     chosen: set[int] = set()
     for label, positions in by_class.items():
         order = np.random.default_rng([seed, label]).permutation(len(positions))
-        keep = max(1, round(fraction * len(positions)))
+        keep = max(1, math.floor(fraction * len(positions) + 0.5))
         chosen.update(positions[i] for i in order[:keep])
     return [sample for position, sample in enumerate(samples) if position in chosen]
 
