@@ -60,7 +60,8 @@ def prepare_command(
     dataset: str = typer.Argument(..., help="k400 | ssv2 | ek100 | ucf101 | hmdb51 | folder | csv | synthetic"),
     root: Path = typer.Argument(..., help="Where the data set was unpacked (synthetic: where to write the videos)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prepared directory to write (default data/DATASET)."),
-    split: int = typer.Option(1, "--split", min=1, max=3, help="Official split of ucf101 / hmdb51."),
+    split: str = typer.Option("1", "--split", help="Official split of ucf101 / hmdb51: 1, 2, 3, or all "
+                              "(OUT/split1, OUT/split2, OUT/split3, for `stadapt ablate split`)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Probing processes (default: all cores)."),
     decode: bool = typer.Option(False, "--decode/--no-decode", help="Also write the pre-decoded store."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="folder / synthetic: share of each class for val."),
@@ -74,17 +75,32 @@ def prepare_command(
 ) -> None:
     """`stadapt prepare`; the user-facing help is PREPARE_HELP."""
     from stadapt.data.indexers import IndexOptions
-    from stadapt.data.prepare import PrepareOptions, SyntheticOptions, parse_size, prepare, summary_table
+    from stadapt.data.prepare import (
+        PrepareOptions,
+        SyntheticOptions,
+        parse_size,
+        prepare,
+        prepare_splits,
+        split_dir,
+        summary_table,
+    )
     from stadapt.data.probe import default_workers
 
+    if split not in ("1", "2", "3", "all"):
+        raise typer.BadParameter(f"{split!r} is not one of 1, 2, 3, all", param_hint="--split")
     options = PrepareOptions(
         dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode,
-        index=IndexOptions(split=split, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv),
+        index=IndexOptions(split=1 if split == "all" else int(split), val_fraction=val_fraction, seed=seed,
+                           train_csv=train_csv, val_csv=val_csv),
         synthetic=SyntheticOptions(classes=classes, videos_per_class=videos_per_class, frames=frames,
                                    size=parse_size(size)),
     )
-    report = prepare(options, console=err_console)
-    console.print(summary_table(report, options.out or Path("data") / dataset))
+    out = options.out or Path("data") / dataset
+    if split == "all":
+        for n, report in prepare_splits(options, console=err_console).items():
+            console.print(summary_table(report, split_dir(out, n)))
+        return
+    console.print(summary_table(prepare(options, console=err_console), out))
 
 
 @bench_app.command("model")
@@ -254,13 +270,45 @@ def predict_command(
         raise typer.Exit(1)
 
 
+@app.command("explain")
+def explain_command(
+    videos: list[str] = typer.Argument(..., help="Video files or directories of videos."),
+    model: Optional[str] = typer.Option(None, "--model", help="A run directory (default runs/latest)."),
+    out: Path = typer.Option(Path("explain"), "--out", help="Directory for one PNG and one JSON per video."),
+) -> None:
+    """Attention maps (Fig. 3): the CLS token's last-block attention per frame, with and without the adapters.
+
+    Exit code 1 only when no video could be read.
+    """
+    from stadapt.engine.explain import explain
+    from stadapt.engine.predict import resolve_model_dir
+
+    results = explain(videos, resolve_model_dir(model), out)
+    for entry in results:
+        if "error" in entry:
+            err_console.print(f"[red]skipped[/] {entry['error']}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"{entry['video']}: wrote {entry['png']} and {entry['json']}", highlight=False,
+                          soft_wrap=True)
+    if not any("png" in entry for entry in results):
+        raise typer.Exit(1)
+
+
 ABLATE_HELP = (
     "Train and evaluate one variant of the recipe per value of AXIS, then tabulate and plot them.\n\n"
     "AXIS and its default values (the paper's): width 64,128,256,384,768 (Table 5a); "
     "layers 1-4,5-8,9-12,5-12,1-12 (Table 5b: 1-based blocks of ViT-B/16, scaled to the depth of another "
     "backbone); position before_attn,after_attn,after_ffn,before_attn+after_attn (Table 5c); "
     "kernel 1x1x1,1x3x3,3x1x1,3x3x3 (Table 7); "
-    "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1).\n\n"
+    "method linear_probe,attn_pool,prompt,partial,adapter,st_adapter,full (Table 1); "
+    "steps 0.25,0.5,0.75,1 (Fig. 2b: fractions of the recipe's steps and warm-up); "
+    "data 0.05,0.1,0.2,0.5,1 (Fig. 2c: a seeded class-stratified share of the train split, data.train_fraction); "
+    "frames 8,16,32 (Tables 2, 3: dense sampling keeps the recipe's temporal span, so strides 16, 8, 4 on K400; "
+    "the table adds GFLOPs per view × views); "
+    "split 1,2,3 (Table 12: DATA_ROOT/split1..3 of `stadapt prepare ucf101|hmdb51 ROOT --split all`; "
+    "the table ends with their mean).\n\n"
+    "--methods st_adapter,full trains every value once per method (OUT/METHOD/VALUE): one line per method "
+    "in the plot, one column per method in the table.\n\n"
     "Each variant is a run directory OUT/VARIANT. A finished one (eval-val.json, adapter.safetensors) is not "
     "trained again and an interrupted one resumes from its checkpoint, so re-running the same command "
     "completes a sweep. "
@@ -271,12 +319,14 @@ ABLATE_HELP = (
 
 @app.command("ablate", help=ABLATE_HELP)
 def ablate_command(
-    axis: str = typer.Argument(..., help="width | layers | position | kernel | method"),
+    axis: str = typer.Argument(..., help="width | layers | position | kernel | method | steps | data | frames | split"),
     recipe: str = typer.Option("k400_vitb", "--recipe", help="Recipe file or bundled recipe name."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key for every variant (repeatable)."),
     values: Optional[str] = typer.Option(None, "--values", help="Comma-separated values instead of the paper's, "
                                          "e.g. 64,384 or 1x1x1,3x1x1 (layers: 1-based block ranges, as written)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default ablations/RECIPE-AXIS)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods, each value trained "
+                                          "once per method, e.g. st_adapter,full (default: the recipe's)."),
 ) -> None:
     """`stadapt ablate`; the user-facing help is ABLATE_HELP."""
     import signal
@@ -284,7 +334,7 @@ def ablate_command(
     from stadapt.ablate.report import read_rows, results_table, write_reports
     from stadapt.ablate.runner import AblationIncomplete, plan, run_ablation
 
-    ablation = run_ablation(plan(axis, recipe, set_, values, out),
+    ablation = run_ablation(plan(axis, recipe, set_, values, out, methods),
                             say=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     rows = read_rows(ablation)
     console.print(results_table(ablation, rows))
@@ -296,7 +346,7 @@ def ablate_command(
                           soft_wrap=True)
         raise typer.Exit(128 + ablation.signum)
     if ablation.failed:
-        failed = ", ".join(f"{r.variant.name} (see {r.run_dir / 'train.log'})" for r in ablation.failed)
+        failed = ", ".join(f"{r.variant.key} (see {r.run_dir / 'train.log'})" for r in ablation.failed)
         raise AblationIncomplete(f"{len(ablation.failed)} of {len(ablation.runs)} variants failed: {failed}")
 
 

@@ -66,6 +66,7 @@ class DataConfig:
     randaugment: Optional[str] = None  # e.g. "rand-m7-n4-mstd0.5-inc1"
     test_views: TestViews = field(default_factory=TestViews)
     max_bad_fraction: float = 0.05  # stop training when more of the data set than this is unreadable
+    train_fraction: float = 1.0  # train on this share of each class of the train split (seeded by train.seed)
 
 
 @dataclass
@@ -329,6 +330,8 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
             fail(key, value, "must not be negative")
     if not 0.0 <= m.dropout < 1.0:
         fail("model.dropout", m.dropout, "must be in [0, 1)")
+    if not 0.0 < d.train_fraction <= 1.0:
+        fail("data.train_fraction", d.train_fraction, "must be in (0, 1]")
     if not 0.0 <= d.max_bad_fraction <= 1.0:
         fail("data.max_bad_fraction", d.max_bad_fraction, "must be in [0, 1]")
     if len(d.scale) != 2 or not 0 < d.scale[0] <= d.scale[1]:

@@ -10,9 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from stadapt.ablate.axes import AXES, backbone_depth, scale_block_range, variants
+from stadapt.ablate.axes import AXES, Base, backbone_depth, scale_block_range, variants
 from stadapt.ablate.runner import Job, run_jobs
 from stadapt.cli import main
 from stadapt.model.build import build_model, count_parameters
@@ -33,7 +34,7 @@ def tiny_recipe(path: Path, root: Path) -> Path:
 
 
 def names(axis: str, values: str | None = None, depth: int = 12) -> list[str]:
-    return [v.name for v in variants(AXES[axis], values, depth)[0]]
+    return [v.name for v in variants(AXES[axis], values, Base(load_recipe("demo"), depth))[0]]
 
 
 def test_paper_defaults():
@@ -43,18 +44,18 @@ def test_paper_defaults():
     assert names("kernel") == ["1x1x1", "1x3x3", "3x1x1", "3x3x3"]
     assert names("method") == ["full", "full+sa_ta", "full+sa_ts", "partial", "partial+sa_ta", "temporal+sa_ta",
                                "prompt", "attn_pool", "linear_probe", "adapter", "st_adapter"]
-    (kernel, *_), _ = variants(AXES["kernel"], None, 12)
+    (kernel, *_), _ = variants(AXES["kernel"], None, Base(load_recipe("demo")))
     assert kernel.overrides == ("model.adapter.kernel=[1,1,1]",)
 
 
 def test_layer_ranges_scale_to_a_four_block_backbone():
-    found, note = variants(AXES["layers"], None, 4)
+    found, note = variants(AXES["layers"], None, Base(load_recipe("demo"), 4))
     assert [v.name for v in found] == ["1", "2-3", "4", "2-4", "1-4"]
     assert [v.overrides for v in found] == [("model.adapter.layers=[0]",), ("model.adapter.layers=[1,2]",),
                                             ("model.adapter.layers=[3]",), ("model.adapter.layers=[1,2,3]",),
                                             ("model.adapter.layers=[0,1,2,3]",)]
     assert "4 blocks" in note and "scaled to 1, 2-3, 4, 2-4, 1-4" in note
-    assert variants(AXES["layers"], None, 12)[1] is None  # the paper's own depth: as written
+    assert variants(AXES["layers"], None, Base(load_recipe("demo"), 12))[1] is None  # the paper's own depth: as written
     assert [scale_block_range(a, b, 24) for a, b in ((1, 4), (5, 8), (9, 12), (5, 12))] == [
         (1, 8), (9, 16), (17, 24), (9, 24)]
     assert names("layers", depth=1) == ["1"]  # coinciding ranges are kept once
@@ -161,3 +162,138 @@ def test_sweep_writes_reports_and_a_rerun_trains_only_what_is_missing(prepared_d
     # A finished variant is reused only for the same recipe.
     assert main([*argv, "--set", "train.lr=1e-3"]) == 2
     assert "holds a run with train.lr = 0.0005, this ablation asks for 0.001" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Figs. 2b, 2c, Tables 2/3 and 12: steps, data, frames, split, and --methods
+
+
+def test_new_axes_defaults_and_overrides():
+    assert names("steps") == ["0.25", "0.5", "0.75", "1"]
+    assert names("data") == ["0.05", "0.1", "0.2", "0.5", "1"]
+    assert names("frames") == ["8", "16", "32"]
+    assert names("split") == ["1", "2", "3"]
+    demo = Base(load_recipe("demo"))  # 200 steps, 20 of warm-up, uniform sampling
+    steps = {v.name: v.overrides for v in variants(AXES["steps"], "0.25,1.0", demo)[0]}
+    assert steps == {"0.25": ("train.steps=50", "train.warmup_steps=5"),
+                     "1": ("train.steps=200", "train.warmup_steps=20")}
+    k400 = Base(load_recipe("k400_vitb"))  # dense, 8 frames at stride 16 (Table 8)
+    assert [v.overrides for v in variants(AXES["frames"], None, k400)[0]] == [
+        ("data.num_frames=8", "data.stride=16"), ("data.num_frames=16", "data.stride=8"),
+        ("data.num_frames=32", "data.stride=4")]
+    ssv2 = Base(load_recipe("ssv2_vitb"))
+    assert [v.overrides for v in variants(AXES["frames"], "16", ssv2)[0]] == [("data.num_frames=16",)]
+    assert variants(AXES["data"], "0.25", demo)[0][0].overrides == ("data.train_fraction=0.25",)
+    assert variants(AXES["split"], "2", k400)[0][0].overrides == ("data.root=data/k400/split2",)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["steps", "--values", "0,1"], "'0' is not a valid steps value (a training budget is a fraction in (0, 1]"),
+    (["data", "--values", "1.5"], "'1.5' is not a valid data value (a share of the training split is a fraction"),
+    (["frames", "--values", "8,x"], "'x' is not a valid frames value"),
+    (["split", "--values", "4"], "'4' is not a valid split value (a split is one of 1, 2, 3)"),
+    (["data", "--methods", "st_adapter,lora"], "--methods st_adapter,lora: 'lora' is not a valid method value"),
+    (["data", "--methods", "full,full"], "--methods full,full: full given twice"),
+    (["method", "--methods", "full"], "give the methods with --values, not --methods"),
+    (["kernel", "--methods", "st_adapter,full"], "model.method is full: use --set model.method=st_adapter"),
+    (["split"], "data/synthetic/split1 (data.root/split1), which is not a prepared directory: run `stadapt "
+                "prepare synthetic ROOT --split all --out data/synthetic`"),
+])
+def test_new_axes_bad_values_are_one_line_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["ablate", *argv, "--recipe", "demo", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_fraction_is_a_nested_class_stratified_subset():
+    from stadapt.data.dataset import stratified_subset
+    from stadapt.data.manifest import Sample
+
+    samples = [Sample(Path(f"{label}/{i}.mp4"), {"label": label}) for label in range(3) for i in range(10 + 10 * label)]
+    half = stratified_subset(samples, 0.5, seed=0)
+    tenth = stratified_subset(samples, 0.1, seed=0)
+    assert [sum(s.label == c for s in half) for c in range(3)] == [5, 10, 15]
+    assert [sum(s.label == c for s in tenth) for c in range(3)] == [1, 2, 3]
+    assert [sum(s.label == c for s in stratified_subset(samples, 0.25, 0)) for c in range(3)] == [3, 5, 8]  # half up
+    assert {s.path for s in tenth} < {s.path for s in half}  # nested
+    assert [s.path for s in half] == [s.path for s in samples if s in half]  # manifest order kept
+    assert stratified_subset(samples, 0.5, seed=0) == half and stratified_subset(samples, 0.5, seed=1) != half
+    assert [sum(s.label == c for s in stratified_subset(samples, 0.01, 0)) for c in range(3)] == [1, 1, 1]
+    assert stratified_subset(samples, 1.0, seed=0) == samples
+
+
+def test_data_sweep_with_two_methods(prepared_dir, tmp_path, capsys):
+    """--methods: one run per (method, value), one column per method, the subset seen in training."""
+    recipe = tiny_recipe(tmp_path / "tiny.yaml", prepared_dir)
+    out = tmp_path / "sweep"
+    assert main(["ablate", "data", "--recipe", str(recipe), "--values", "0.5", "--methods", "st_adapter,linear_probe",
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "st_adapter top-1 %" in stdout and "linear_probe top-1 %" in stdout
+    rows = read_csv(out / "ablate-data.csv")
+    assert [(r["method"], r["variant"], r["train_videos"]) for r in rows] == [
+        ("st_adapter", "0.5", "8"), ("linear_probe", "0.5", "8")]  # 2 of each class's 3 training videos
+    for method in ("st_adapter", "linear_probe"):
+        run = out / method / "0.5"
+        assert "8 train / 4 val videos" in (run / "train.log").read_text()
+        assert yaml.safe_load((run / "recipe.yaml").read_text())["model"]["method"] == method
+    assert int(rows[0]["trainable_params"]) > int(rows[1]["trainable_params"])
+    markdown = (out / "ablate-data.md").read_text()
+    assert "| data | train videos | st_adapter top-1 (%) | st_adapter top-5 (%) | linear_probe top-1 (%) |" in markdown
+    assert f"| 0.5 | 8 | {rows[0]['top1_pct']} | {rows[0]['top5_pct']} | {rows[1]['top1_pct']} |" in markdown
+    assert (out / "ablate-data.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frames_sweep_reports_gflops_per_view_and_views(prepared_dir, tmp_path, capsys):
+    from stadapt.bench.model import model_cost
+
+    recipe = tiny_recipe(tmp_path / "tiny.yaml", prepared_dir)
+    out = tmp_path / "sweep"
+    assert main(["ablate", "frames", "--recipe", str(recipe), "--values", "2,4", "--set", "data.test_views.temporal=2",
+                 "--out", str(out)]) == 0
+    assert "GFLOPs × views" in capsys.readouterr().out
+    rows = read_csv(out / "ablate-frames.csv")
+    assert [(r["variant"], r["views"]) for r in rows] == [("2", "2"), ("4", "2")]
+    for row in rows:
+        expected = load_recipe(recipe, ["data.test_views.temporal=2", f"data.num_frames={row['variant']}"])
+        assert float(row["gflops_per_view"]) == model_cost(build_model(expected), expected, torch.device("cpu"))[
+            "gflops_per_view"]
+    assert float(rows[1]["gflops_per_view"]) > 1.9 * float(rows[0]["gflops_per_view"])
+    assert f"| 4 | {float(rows[1]['gflops_per_view']):,.4g} × 2 |" in (out / "ablate-frames.md").read_text()
+
+
+def test_split_sweep_from_official_lists_to_the_mean(tmp_path, capsys):
+    """prepare ucf101 --split all on real videos, then ablate split: each split trained, then their mean."""
+    from stadapt.data.synthetic import generate_synthetic
+
+    root = tmp_path / "ucf"
+    videos = generate_synthetic(tmp_path / "gen", classes=4, videos_per_class=3, frames=16, size=(80, 64))
+    classes = sorted({name for _, name in videos})
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_bytes("".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)).encode())
+    groups: dict[str, list[str]] = {}
+    for path, name in videos:
+        rel = f"{name}/v_{name}_g{len(groups.setdefault(name, [])) + 1:02d}_c01.mp4"
+        groups[name].append(rel)
+        (root / "UCF-101" / rel).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(root / "UCF-101" / rel)
+    for n in (1, 2, 3):  # split N tests on group N, as the official lists do
+        train = [f"{rel} {classes.index(c) + 1}" for c in classes for g, rel in enumerate(groups[c], 1) if g != n]
+        (lists / f"trainlist0{n}.txt").write_bytes("".join(f"{line}\r\n" for line in train).encode())
+        (lists / f"testlist0{n}.txt").write_bytes("".join(f"{groups[c][n - 1]}\r\n" for c in classes).encode())
+    data = tmp_path / "data" / "ucf101"
+    assert main(["prepare", "ucf101", str(root), "--split", "all", "--out", str(data), "--workers", "1"]) == 0
+    recipe = tiny_recipe(tmp_path / "tiny.yaml", data)
+    out = tmp_path / "sweep"
+    assert main(["ablate", "split", "--recipe", str(recipe), "--values", "1,2", "--set", "data.source=raw",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = read_csv(out / "ablate-split.csv")
+    assert [r["variant"] for r in rows] == ["1", "2", "mean"]
+    assert float(rows[2]["top1_pct"]) == pytest.approx((float(rows[0]["top1_pct"]) + float(rows[1]["top1_pct"])) / 2,
+                                                       abs=0.01)
+    assert yaml.safe_load((out / "2" / "recipe.yaml").read_text())["data"]["root"] == str(data / "split2")
+    assert (out / "ablate-split.md").read_text().strip().splitlines()[-1].startswith("| mean | - |")

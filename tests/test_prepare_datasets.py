@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 
+from stadapt.cli import main
 from stadapt.data.decode import read_frames
 from stadapt.data.encode import write_video
 from stadapt.data.indexers import IndexOptions
@@ -84,6 +85,28 @@ def test_ucf101_official_splits(ucf101, tmp_path, split):
     assert t["unreadable"] + report["splits"]["val"]["unreadable"] == 2
     assert problems(report, "train")["YoYo/v_YoYo_g09_c01.avi"] == "missing"
     assert report["split"] == split and report["videos_root"] == str((ucf101 / "UCF-101").resolve())
+
+
+@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51"])
+def test_split_all_writes_each_official_split_and_probes_once(dataset, ucf101, hmdb51, tmp_path, capsys):
+    """`--split all`: OUT/split1..3, each the same files as preparing that split alone."""
+    root = {"ucf101": ucf101, "hmdb51": hmdb51}[dataset]
+    out = tmp_path / "all"
+    assert main(["prepare", dataset, str(root), "--out", str(out), "--split", "all", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.count("│ train │") == 3  # one summary table per split
+    reports = [json.loads((out / f"split{n}" / "report.json").read_text()) for n in (1, 2, 3)]
+    assert [r["split"] for r in reports] == [1, 2, 3]
+    assert reports[0]["probe"]["probed"] > 0 and [r["probe"]["probed"] for r in reports[1:]] == [0, 0]
+    assert (out / "probe-cache.json").is_file()
+    for n in (1, 2, 3):
+        alone = tmp_path / f"alone{n}"
+        run(dataset, root, alone, split=n)
+        for name in ("classes.txt", "train.csv", "val.csv"):
+            assert (out / f"split{n}" / name).read_bytes() == (alone / name).read_bytes()
+    assert main(["prepare", "k400", str(root), "--out", str(tmp_path / "k"), "--split", "all"]) == 2
+    assert "--split all: k400 has no official splits (only ucf101, hmdb51)" in capsys.readouterr().err
+    assert main(["prepare", dataset, str(root), "--out", str(tmp_path / "x"), "--split", "4"]) == 2
+    assert not (tmp_path / "k").exists() and not (tmp_path / "x").exists()
 
 
 def test_rerun_probes_nothing_unchanged(ucf101, tmp_path, make_video):

@@ -26,7 +26,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from stadapt.ablate.axes import AblationError, Axis, Variant, backbone_depth, check_recipe, get_axis, variants
+from stadapt.ablate.axes import (
+    AblationError,
+    Axis,
+    Base,
+    Variant,
+    backbone_depth,
+    check_recipe,
+    crossed,
+    get_axis,
+    methods_list,
+    variants,
+)
 from stadapt.engine.rundir import RECIPE_FILE
 from stadapt.errors import StadaptError
 from stadapt.fileio import atomic_write_text
@@ -83,24 +94,46 @@ def default_out(recipe_path: Path, axis: Axis) -> Path:
 
 
 def plan(axis_name: str, recipe_arg: str, overrides: Sequence[str] = (), values: Optional[str] = None,
-         out: Optional[str | Path] = None) -> Ablation:
-    """Resolve and validate every variant's recipe, and check existing run directories, before training any."""
+         out: Optional[str | Path] = None, methods: Optional[str] = None) -> Ablation:
+    """Resolve and validate every variant's recipe, and check existing run directories, before training any.
+
+    With `methods` (comma-separated), every value is trained once per method.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise AblationError("run stadapt ablate directly, not under torchrun: it places one variant per GPU itself")
     axis = get_axis(axis_name)
     recipe_path = resolve_recipe_path(recipe_arg)
     base = load_recipe(recipe_path, overrides)
-    check_recipe(axis, base)
+    if methods is not None and axis.name == "method":
+        raise AblationError("ablate method varies the method itself: give the methods with --values, not --methods")
+    method_variants = methods_list(methods) if methods is not None else []
+    if not method_variants:
+        check_recipe(axis, base)
     depth = backbone_depth(base) if axis.name == "layers" else 0
-    found, note = variants(axis, values, depth)
+    found, note = variants(axis, values, Base(base, depth))
+    if method_variants:
+        found = crossed(method_variants, found)
     out = Path(out) if out else default_out(recipe_path, axis)
     runs = []
     for variant in found:
         recipe = load_recipe(recipe_path, [*overrides, *variant.overrides])
-        run = VariantRun(variant, out / variant.name, recipe)
+        check_recipe(axis, recipe)
+        run = VariantRun(variant, out / variant.key, recipe)
         check_same_recipe(run)
         runs.append(run)
+    if axis.name == "split":
+        check_split_roots(base, runs)
     return Ablation(axis, recipe_path, list(overrides), out, runs, note)
+
+
+def check_split_roots(base: Recipe, runs: list[VariantRun]) -> None:
+    """Each split's prepared directory must exist before any training starts."""
+    for run in runs:
+        root = Path(run.recipe.data.root)
+        if not (root / "report.json").is_file():
+            raise AblationError(
+                f"ablate split trains on {root} (data.root/split{run.variant.name}), which is not a prepared "
+                f"directory: run `stadapt prepare {base.data.dataset} ROOT --split all --out {base.data.root}`")
 
 
 def check_same_recipe(run: VariantRun) -> None:
@@ -114,7 +147,10 @@ def check_same_recipe(run: VariantRun) -> None:
         raw = None
     if not isinstance(raw, dict):
         raise AblationError(f"{path} is not a readable recipe: remove {run.run_dir} to retrain that variant")
-    differences = recipe_differences(raw, run.recipe.to_dict(), COSMETIC_KEYS)
+    defaults = Recipe().to_dict()  # a key added since that run was made holds its default there
+    saved = {section: {**defaults.get(section, {}), **values} if isinstance(values, dict) else values
+             for section, values in raw.items()}
+    differences = recipe_differences(saved, run.recipe.to_dict(), COSMETIC_KEYS)
     if differences:
         key, saved, wanted = differences[0]
         raise AblationError(f"{run.run_dir} holds a run with {key} = {saved!r}, this ablation asks for "
@@ -260,9 +296,9 @@ def run_ablation(ablation: Ablation, say: Callable[[str], None]) -> Ablation:
         f"{len(ablation.runs) - len(todo)} finished earlier, {len(todo)} to train{where}")
     if ablation.note:
         say(f"note: {ablation.note}")
-    by_name = {run.variant.name: run for run in todo}
-    jobs = [Job(run.variant.name, train_command(ablation, run), run.run_dir / LOG_FILE) for run in todo]
-    position = {run.variant.name: i + 1 for i, run in enumerate(ablation.runs)}
+    by_name = {run.variant.key: run for run in todo}
+    jobs = [Job(run.variant.key, train_command(ablation, run), run.run_dir / LOG_FILE) for run in todo]
+    position = {run.variant.key: i + 1 for i, run in enumerate(ablation.runs)}
 
     def on_start(job: Job) -> None:
         gpu = f" on GPU {job.slot}" if job.slot is not None else ""

@@ -10,6 +10,7 @@ replaced so it can enforce data.max_bad_fraction. In testing the item says ok=Fa
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -124,6 +125,26 @@ def _warn_once(path: Path, exc: Exception) -> None:
         log.warning("skipping unreadable video: %s", exc)
 
 
+def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """`fraction` of each class (at least one video), in manifest order.
+
+    Each class's videos are ranked once by a permutation seeded with (seed, class), and the
+    first fraction × n (rounded half up) are taken, so every method trained with the same seed sees the
+    same subset, and the subset of a smaller fraction lies inside that of a larger one.
+    """
+    if fraction >= 1.0:
+        return samples
+    by_class: dict[int, list[int]] = {}
+    for position, sample in enumerate(samples):
+        by_class.setdefault(sample.labels["label"], []).append(position)
+    chosen: set[int] = set()
+    for label, positions in by_class.items():
+        order = np.random.default_rng([seed, label]).permutation(len(positions))
+        keep = max(1, math.floor(fraction * len(positions) + 0.5))
+        chosen.update(positions[i] for i in order[:keep])
+    return [sample for position, sample in enumerate(samples) if position in chosen]
+
+
 def build_dataset(recipe: Recipe, split: str, train: bool) -> VideoDataset:
     """The dataset of `split` (train, val) of the prepared directory data.root, per the recipe."""
     d = recipe.data
@@ -138,5 +159,7 @@ def build_dataset(recipe: Recipe, split: str, train: bool) -> VideoDataset:
     samples = prepared.samples(split, heads)
     if not samples:
         raise DataError(f"{prepared.root / (split + '.csv')}: no samples")
+    if split == "train":
+        samples = stratified_subset(samples, d.train_fraction, recipe.train.seed)
     store = FrameStore(prepared.root) if d.source == "prepared" else None
     return VideoDataset(samples, class_names, d, train, seed=recipe.train.seed, store=store)

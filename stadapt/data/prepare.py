@@ -4,12 +4,15 @@ The steps: the data set's indexer reads its annotations (stadapt.data.indexers);
 listed video is checked for existence and probed once, in parallel, with a cache; then
 classes.txt (plus classes-<head>.txt), train.csv, val.csv and report.json are written as
 one set, so that an interrupted run leaves either the previous complete set or the new one.
-With `decode`, the pre-decoded store for fast loading is written afterwards.
+With `decode`, the pre-decoded store for fast loading is written afterwards. UCF-101 and
+HMDB-51 can be prepared for all three official splits at once (`prepare_splits`): OUT/split1,
+OUT/split2 and OUT/split3, each a complete prepared directory, the videos probed only once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -32,6 +35,8 @@ from stadapt.fileio import FileLock, atomic_write_text, atomic_write_texts
 
 DATASETS = (*INDEXERS, "synthetic")
 LOCK_NAME = ".prepare.lock"
+SPLIT_DATASETS = ("ucf101", "hmdb51")  # the data sets with three official splits
+OFFICIAL_SPLITS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,29 @@ class PrepareOptions:
     workers: int = 1
     decode: bool = False
     synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
+    probe_cache: Optional[Path] = None  # default OUT/probe-cache.json; prepare_splits shares one
+
+
+def split_dir(out: Path, split: int) -> Path:
+    return out / f"split{split}"
+
+
+def prepare_splits(options: PrepareOptions, console: Optional[Console] = None) -> dict[int, dict[str, Any]]:
+    """All three official splits of UCF-101 or HMDB-51, each prepared into OUT/splitN; returns their reports.
+
+    The splits list the same videos, so they share one probe cache in OUT and each video is
+    probed once. A split is written as one set, like `prepare`; an interruption keeps the
+    splits already written, and the same command again redoes only the rest's writing.
+    """
+    if options.dataset not in SPLIT_DATASETS:
+        raise DataError(f"--split all: {options.dataset} has no official splits (only {', '.join(SPLIT_DATASETS)})")
+    out = options.out or Path("data") / options.dataset
+    reports = {}
+    for split in OFFICIAL_SPLITS:
+        reports[split] = prepare(dataclasses.replace(
+            options, out=split_dir(out, split), probe_cache=out / CACHE_NAME,
+            index=dataclasses.replace(options.index, split=split)), console)
+    return reports
 
 
 def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[str, Any]:
@@ -70,7 +98,8 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
         _refuse_to_overwrite_inputs(index, out)
         indexed = time.monotonic()
         videos_root = index.videos_root.resolve()
-        outcomes, probe_summary = _probe(index, videos_root, out / CACHE_NAME, options.workers, console)
+        cache = options.probe_cache or out / CACHE_NAME
+        outcomes, probe_summary = _probe(index, videos_root, cache, options.workers, console)
         probed = time.monotonic()
         report: dict[str, Any] = {
             "dataset": options.dataset,

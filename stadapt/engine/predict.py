@@ -73,7 +73,7 @@ def with_views(recipe: Recipe, views: Optional[str]) -> Recipe:
     return recipe_from_dict(raw, source=f"--views {views}")
 
 
-def _read_error(path: Path) -> str:
+def read_error(path: Path) -> str:
     """The decoder's one-line reason for a video the dataset could not read."""
     try:
         read_frames(path, [0])
@@ -109,7 +109,7 @@ def predict(inputs: Iterable[str], model_dir: Path, top_k: int = 5, views: Optio
         for item in DataLoader(dataset, batch_size=None, num_workers=workers):
             path = readable[item["index"]]
             if not item["ok"]:
-                results[str(path)] = {"video": str(path), "error": _read_error(path)}
+                results[str(path)] = {"video": str(path), "error": read_error(path)}
                 continue
             x = normalize(item["clip"].to(device), model.image_mean, model.image_std)
             with autocast(device, recipe.train.precision):
