@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
+from rich.table import Table
 from torch import nn
 
 from stadapt.data.manifest import read_classes
@@ -129,3 +130,21 @@ def comparison_notes(result: dict[str, Any]) -> list[str]:
         else:
             notes.append(f"evaluated on videos {group['fingerprint'][:12]}: {runs}")
     return ["NOT comparable: these runs were not all evaluated on the same videos", *notes]
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    """The rows of `compare_runs` as a table; the fingerprint's first 12 hex digits."""
+    table = Table("run", "method", "arch", "backbone", "trainable", "top-1", "top-5", "mean class", "views",
+                  "GFLOPs", "videos", "fingerprint", title=f"runs compared on {result['split']}",
+                  title_justify="left", caption="GFLOPs per video (all views)")
+
+    def pct(value: Optional[float]) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    for row in result["runs"]:
+        gflops = row["gflops_total"]
+        table.add_row(row["run"], row["method"], row["arch"], row["backbone"], f"{row['trainable_params']:,}",
+                      pct(row["top1"]), pct(row["top5"]), pct(row["mean_class_acc"]), row["views"],
+                      "-" if gflops is None else f"{gflops:,.4g}", str(row["num_videos"]),
+                      (row["fingerprint"] or "-")[:12])
+    return table
