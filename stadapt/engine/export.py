@@ -27,7 +27,6 @@ import stadapt
 from stadapt.errors import StadaptError
 from stadapt.fileio import atomic_path, atomic_write_text
 from stadapt.model.artifact import ADAPTER_FILE
-from stadapt.model.build import set_impl
 from stadapt.model.video_vit import VideoClassifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -72,7 +71,7 @@ def example_input(model: VideoClassifier, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, d.num_frames, d.crop, d.crop, generator=torch.Generator().manual_seed(0))
 
 
-def export_run(run_dir: Path, fmt: str, out: Optional[Path] = None, impl: Optional[str] = None) -> Exported:
+def export_run(run_dir: Path, fmt: str, out: Optional[Path] = None) -> Exported:
     """Export the run's model as `fmt` to `out` (default RUN/model.onnx or RUN/model.torchscript.pt)."""
     from stadapt.model.artifact import load_model
 
@@ -81,12 +80,10 @@ def export_run(run_dir: Path, fmt: str, out: Optional[Path] = None, impl: Option
     out = Path(out) if out is not None else default_path(run_dir, fmt)
     sidecar = sidecar_path(out)
     _check_writable(out)
-    model = load_model(run_dir).eval()
-    if impl is not None:
-        set_impl(model, impl)
+    model = load_model(run_dir).eval()  # the path (fast or reference) is the recipe's model.impl
     metadata = sidecar_metadata(model, run_dir, fmt, out)
     with atomic_path(out) as tmp:
-        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, tmp)
+        EXPORTERS[fmt](model, tmp)
     atomic_write_text(sidecar, json.dumps(metadata, indent=2) + "\n")
     return Exported(out, sidecar, metadata)
 
@@ -139,7 +136,7 @@ def sidecar_metadata(model: VideoClassifier, run_dir: Path, fmt: str, out: Path)
     }
 
 
-def _export_onnx(model: VideoClassifier, path: Path) -> None:
+def export_onnx(model: VideoClassifier, path: Path) -> None:
     names = output_names(model)
     wrapper = ExportedClassifier(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -149,9 +146,12 @@ def _export_onnx(model: VideoClassifier, path: Path) -> None:
                           dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}})
 
 
-def _export_torchscript(model: VideoClassifier, path: Path) -> None:
+def export_torchscript(model: VideoClassifier, path: Path) -> None:
     wrapper = ExportedClassifier(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (example_input(model, batch=2),), check_trace=False)
     traced.save(str(path))
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript}
