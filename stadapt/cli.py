@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stadapt.errors import StadaptError
@@ -448,7 +449,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         app(args=argv, prog_name="stadapt")  # click prints usage errors itself and exits 2
     except StadaptError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -159,7 +159,7 @@ def test_a_k400_sized_model_exports_to_onnx(tmp_path):
     print(f"K400-sized export and check: {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
-def test_export_refuses_bad_input_in_one_line(trained_run, tmp_path, capsys):
+def test_export_refuses_bad_input_in_one_line(trained_run, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "not_a_run"
     empty.mkdir()
     assert main(["export", str(empty), "--format", "onnx"]) == 2
@@ -172,7 +172,12 @@ def test_export_refuses_bad_input_in_one_line(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "onnx", "--out", str(blocker / "model.onnx")]) == 2
     err = capsys.readouterr().err
     assert "cannot write there" in err and len(err.strip().splitlines()) == 1
-    assert not (trained_run / "model.onnx").exists()
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the export extra were not installed
+    assert main(["export", str(trained_run), "--format", "onnx"]) == 2
+    assert "stadapt[export]" in capsys.readouterr().err
+    assert not (trained_run / "model.onnx").exists() and not (trained_run / "model.onnx.json").exists()
 
 
 # -- predict: batching, timelines, collections ------------------------------------------------

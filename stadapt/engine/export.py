@@ -77,6 +77,11 @@ def export_run(run_dir: Path, fmt: str, out: Optional[Path] = None) -> Exported:
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ExportError("--format onnx needs the onnx package (pip install 'stadapt[export]')") from None
     out = Path(out) if out is not None else default_path(run_dir, fmt)
     sidecar = sidecar_path(out)
     _check_writable(out)
