@@ -135,7 +135,7 @@ def sidecar_metadata(model: VideoClassifier, run_dir: Path, fmt: str, out: Path)
         "crop": d.crop,
         "test_resize": d.test_resize,
         "test_views": {"temporal": d.test_views.temporal, "spatial": d.test_views.spatial},
-        "backbone": {"name": r.model.backbone, "pretrained": r.model.pretrained, **model.backbone_identity},
+        "backbone": {"backbone": r.model.backbone, "pretrained": r.model.pretrained, **model.backbone_identity},
         "method": r.model.method,
         "impl": model.impl,
     }

@@ -133,18 +133,27 @@ def comparison_notes(result: dict[str, Any]) -> list[str]:
 
 
 def comparison_table(result: dict[str, Any]) -> Table:
-    """The rows of `compare_runs` as a table; the fingerprint's first 12 hex digits."""
-    table = Table("run", "method", "arch", "backbone", "trainable", "top-1", "top-5", "mean class", "views",
-                  "GFLOPs", "videos", "fingerprint", title=f"runs compared on {result['split']}",
-                  title_justify="left", caption="GFLOPs per video (all views)")
+    """The rows of `compare_runs` side by side: a column per run (a row per run would not fit a terminal)."""
+    runs = result["runs"]
+    table = Table("", *(row["run"] for row in runs), title=f"runs compared on {result['split']}",
+                  title_justify="left")
 
     def pct(value: Optional[float]) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 
-    for row in result["runs"]:
-        gflops = row["gflops_total"]
-        table.add_row(row["run"], row["method"], row["arch"], row["backbone"], f"{row['trainable_params']:,}",
-                      pct(row["top1"]), pct(row["top5"]), pct(row["mean_class_acc"]), row["views"],
-                      "-" if gflops is None else f"{gflops:,.4g}", str(row["num_videos"]),
-                      (row["fingerprint"] or "-")[:12])
+    lines = {
+        "method": lambda r: r["method"],
+        "arch": lambda r: r["arch"],
+        "backbone": lambda r: r["backbone"],
+        "trainable params": lambda r: f"{r['trainable_params']:,}",
+        "top-1": lambda r: pct(r["top1"]),
+        "top-5": lambda r: pct(r["top5"]),
+        "mean class": lambda r: pct(r["mean_class_acc"]),
+        "views": lambda r: r["views"],
+        "GFLOPs per video": lambda r: "-" if r["gflops_total"] is None else f"{r['gflops_total']:,.4g}",
+        "videos": lambda r: "-" if r["num_videos"] is None else f"{r['num_videos']:,}",
+        "data fingerprint": lambda r: (r["fingerprint"] or "-")[:12],
+    }
+    for name, show in lines.items():
+        table.add_row(name, *(show(r) for r in runs))
     return table
