@@ -23,7 +23,7 @@ from stadapt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from stadapt.data.transforms import EvalTransform, normalize
 from stadapt.engine import predict as predict_module
 from stadapt.engine.export import ExportedClassifier, export_onnx
-from stadapt.engine.predict import Predictor, expand_inputs, timeline_windows
+from stadapt.engine.predict import Predictor, Timeline, expand_inputs, timeline_windows
 from stadapt.engine.train import train
 from stadapt.model.artifact import load_model
 from stadapt.recipe import recipe_from_dict
@@ -131,6 +131,26 @@ def test_exported_files_compute_the_pytorch_logits(trained_run, impl, tmp_path, 
     assert sidecar["backbone"] == {"backbone": "stadapt-tiny-vit", "pretrained": "none"}
 
 
+def test_a_model_with_two_heads_exports_one_output_per_head(trained_run, tmp_path):
+    raw = load_model(trained_run).recipe.to_dict()
+    raw["model"]["num_classes"] = {"verb": 3, "noun": 5}
+    names = {"verb": ["take", "put", "open"], "noun": [f"n{i}" for i in range(5)]}
+    run = random_adapter_run(tmp_path / "ek", recipe_from_dict(raw), names)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    model = load_model(run).eval()
+    x = torch.randn(2, 3, FRAMES, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    session = ort.InferenceSession(str(run / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["verb", "noun"]
+    for name, got in zip(["verb", "noun"], session.run(None, {"video": x.numpy()})):
+        assert torch.allclose(torch.from_numpy(got), expected[name], atol=1e-4, rtol=0)
+    sidecar = json.loads((run / "model.onnx.json").read_text())
+    assert sidecar["outputs"] == [{"name": "verb", "head": "verb", "num_classes": 3},
+                                  {"name": "noun", "head": "noun", "num_classes": 5}]
+    assert sidecar["class_names"] == names
+
+
 def test_a_k400_sized_model_exports_to_onnx(tmp_path):
     """ViT-B/16 with the K400 recipe's adapters (width 384 in all 12 blocks), random weights.
 
@@ -192,6 +212,16 @@ def test_batched_predictions_equal_one_video_at_a_time(trained_run, data_root):
         assert [p["label"] for p in alone["predictions"]] == [p["label"] for p in entry["predictions"]]
         assert np.allclose([p["score"] for p in alone["predictions"]], [p["score"] for p in entry["predictions"]],
                            atol=1e-5)
+
+
+def test_default_window_is_the_span_of_one_clip(trained_run):
+    predictor = Predictor(trained_run)
+    assert predictor.window_sizes(FPS, Timeline()) == (FRAMES / FPS, FRAMES / FPS / 2)  # uniform: median video
+    assert predictor.window_sizes(FPS, Timeline(2.0)) == (2.0, 1.0)
+    raw = predictor.recipe.to_dict()
+    raw["data"].update(sampling="dense", stride=4)
+    predictor.recipe = recipe_from_dict(raw)
+    assert predictor.window_sizes(FPS, Timeline(stride_s=0.5)) == (FRAMES * 4 / FPS, 0.5)  # dense: frames × stride
 
 
 def test_timeline_windows_cover_the_video_without_cutting_one_short():
