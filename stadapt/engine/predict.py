@@ -190,6 +190,8 @@ class Predictor:
             if error is None and timeline is not None:
                 try:
                     info = probe_video(video)
+                    if not info.fps > 0:
+                        raise UnreadableVideo(video, "no frame rate, so no timeline in seconds")
                 except UnreadableVideo as exc:
                     error = str(exc)
                 else:
