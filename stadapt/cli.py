@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stadapt.errors import StadaptError
@@ -249,24 +250,70 @@ def eval_command(
         console.print(f"wrote {Path(run_dir) / f'eval-{split}.json'} and confusion-{split}.csv/.png", highlight=False)
 
 
-@app.command("predict")
+PREDICT_HELP = (
+    "Classify videos with a trained run; exit code 1 only when no video could be read.\n\n"
+    "--timeline scores an untrimmed video as windows of --window-s seconds every --stride-s seconds (default: "
+    "the span of one clip of the recipe, and half of it). "
+    "--out FILE.jsonl streams one JSON line per video as it is done (for collections of any size; --resume "
+    "adds only the videos the file lacks); --out DIR with --timeline writes a PNG per video there."
+)
+
+
+@app.command("predict", help=PREDICT_HELP)
 def predict_command(
     videos: list[str] = typer.Argument(..., help="Video files or directories of videos."),
     model: Optional[str] = typer.Option(None, "--model", help="A run directory (default runs/latest)."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to list per video."),
     views: Optional[str] = typer.Option(None, "--views", help="Test views TEMPORALxSPATIAL (default: the run's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
+    timeline: bool = typer.Option(False, "--timeline", help="Predict windows along each video."),
+    window_s: Optional[float] = typer.Option(None, "--window-s", help="--timeline: window length in seconds."),
+    stride_s: Optional[float] = typer.Option(None, "--stride-s", help="--timeline: seconds between window starts."),
+    out: Optional[Path] = typer.Option(None, "--out", help="FILE.jsonl: stream results there; DIR: timeline PNGs."),
+    resume: bool = typer.Option(False, "--resume", help="With --out FILE.jsonl: skip the videos already in it."),
 ) -> None:
-    """Classify videos with a trained run; exit code 1 only when no video could be read."""
-    from stadapt.engine.predict import predict, predictions_table, resolve_model_dir
+    """`stadapt predict`; the user-facing help is PREDICT_HELP."""
+    from stadapt.engine.predict import (
+        Predictor,
+        Timeline,
+        expand_inputs,
+        predictions_table,
+        resolve_model_dir,
+        timeline_table,
+        write_timeline_plots,
+    )
 
-    model_dir = resolve_model_dir(model)
-    results = predict(videos, model_dir, top_k, views)
+    stream = out is not None and out.suffix == ".jsonl"
+    if out is not None and not stream and not timeline:
+        raise StadaptError(f"--out {out}: a results file must end in .jsonl (a directory is for --timeline PNGs)")
+    if resume and not stream:
+        raise StadaptError("--resume continues a results file: pass --out FILE.jsonl")
+    if not timeline and (window_s is not None or stride_s is not None):
+        raise StadaptError("--window-s and --stride-s need --timeline")
+    spans = Timeline(window_s, stride_s) if timeline else None
+    predictor = Predictor(resolve_model_dir(model), top_k, views)
+    entries = expand_inputs(videos)
+    if stream:
+        from stadapt.engine.collection import stream_predictions, summary_line
+        from stadapt.engine.progress import CountProgress
+
+        summary = stream_predictions(predictor, entries, out, resume, spans, CountProgress(err_console))
+        err_console.print(summary_line(summary), highlight=False, soft_wrap=True)
+        if summary.written and summary.written == summary.errors:
+            raise typer.Exit(1)
+        return
+    results = list(predictor.results(entries, spans))
+    if out is not None:
+        written = write_timeline_plots(results, predictor.model.class_names, out, max(top_k, 5))
+        err_console.print(f"wrote {len(written)} timeline plot(s) to {out}", highlight=False)
+    entries_out = [r.entry for r in results]
     if as_json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(entries_out, indent=2))
+    elif timeline:
+        console.print(timeline_table(entries_out, predictor.model_dir))
     else:
-        console.print(predictions_table(results, model_dir))
-    if not any("predictions" in entry for entry in results):
+        console.print(predictions_table(entries_out, predictor.model_dir))
+    if not any("predictions" in entry for entry in entries_out):
         raise typer.Exit(1)
 
 
@@ -292,6 +339,45 @@ def explain_command(
                           soft_wrap=True)
     if not any("png" in entry for entry in results):
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A run directory (or its adapter.safetensors)."),
+    fmt: str = typer.Option(..., "--format", help="onnx | torchscript"),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default RUN/model.onnx, "
+                                       "RUN/model.torchscript.pt); its sidecar is FILE.json."),
+) -> None:
+    """Export the whole classifier (backbone, adapters, heads) as one ONNX or TorchScript file."""
+    from stadapt.engine.export import export_run
+
+    done = export_run(run_dir, fmt, out)
+    meta = done.metadata
+    size_mb = done.path.stat().st_size / 2**20
+    outputs = ", ".join(f"{o['name']} N×{o['num_classes']}" for o in meta["outputs"])
+    console.print(f"wrote {done.path} ({size_mb:,.1f} MiB): input {meta['input']['name']} "
+                  f"N×3×{meta['num_frames']}×{meta['crop']}×{meta['crop']} float32, output {outputs}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"wrote {done.sidecar}: class names, mean/std, frames, crop, sampling, backbone",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("compare")
+def compare_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories with an eval-<split>.json."),
+    split: str = typer.Option("val", "--split", help="Which evaluation of each run to compare."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+) -> None:
+    """Runs side by side (accuracy, views, GFLOPs), saying which were not evaluated on the same videos."""
+    from stadapt.engine.protocol import compare_runs, comparison_notes, comparison_table
+
+    result = compare_runs(run_dirs, split)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(comparison_table(result))
+    for line in comparison_notes(result):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 ABLATE_HELP = (
@@ -361,7 +447,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         app(args=argv, prog_name="stadapt")  # click prints usage errors itself and exits 2
     except StadaptError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

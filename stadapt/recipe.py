@@ -113,6 +113,7 @@ class TrainConfig:
     save_every: int = 1000
     log_every: int = 10
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    tensorboard: bool = False  # also write metrics.jsonl's lines as TensorBoard events in RUN/tensorboard
 
 
 @dataclass

@@ -28,6 +28,7 @@ from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.metrics import score
 from stadapt.engine.plots import write_confusion
+from stadapt.engine.protocol import data_fingerprint, eval_protocol
 from stadapt.engine.stream import eval_loader
 from stadapt.errors import DataError, RecipeError
 from stadapt.fileio import atomic_write_text
@@ -149,6 +150,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: Dist
     """Score a split; with `run_dir`, rank 0 also writes the reports there."""
     preds = predict_split(model, dataset, recipe, ctx)
     report = summarize(preds, dataset, recipe, split)
+    report["protocol"] = eval_protocol(model, recipe)
+    report["data_fingerprint"] = data_fingerprint(recipe.data.root, split, report["unreadable"]["count"])
     if run_dir is not None and ctx.is_main:
         write_reports(run_dir, split, report, preds, dataset.class_names)
     return report
@@ -221,4 +224,14 @@ def report_table(report: dict[str, Any], title: str) -> Table:
                             f"{report['num_frames']} frames)")
     if report["unreadable"]["count"]:
         table.add_row("unreadable", str(report["unreadable"]["count"]))
+    protocol = report.get("protocol")
+    if protocol:
+        stride = f", stride {protocol['stride']}" if protocol["stride"] else ""
+        table.add_row("protocol", f"{protocol['sampling']}{stride}, resize {protocol['test_resize']}, "
+                                  f"crop {protocol['crop']}; {protocol['gflops_per_view']:,.3g} GFLOPs/view, "
+                                  f"{protocol['gflops_total']:,.4g} per video")
+    fingerprint = report.get("data_fingerprint")
+    if fingerprint:
+        table.add_row("data fingerprint", f"{fingerprint['sha256'][:16]} ({fingerprint['num_videos']} videos in "
+                                          f"{fingerprint['manifest']}, {fingerprint['unreadable']} unreadable)")
     return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -72,3 +72,22 @@ def _save(fig: plt.Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_timeline(times: Sequence[tuple[float, float]], probs: Sequence[Optional[dict[str, Any]]],
+                  names: dict[str, Sequence[str]], path: Path, title: str, top: int = 5) -> None:
+    """Probabilities over time of each head's `top` classes (highest peak first), a point per
+    window at its centre; windows that could not be read leave a gap."""
+    heads = list(names)
+    fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * len(heads)), constrained_layout=True, squeeze=False)
+    centres = np.array([(a + b) / 2 for a, b in times])
+    for ax, head in zip(axes[:, 0], heads):
+        rows = np.array([p[head].numpy() if p is not None else np.full(len(names[head]), np.nan) for p in probs])
+        order = np.argsort(-np.nan_to_num(rows, nan=-1.0).max(axis=0))[:top]
+        for c in order:
+            ax.plot(centres, 100 * rows[:, c], "o-", ms=3, lw=1.4, label=names[head][c])
+        ax.set(xlabel="time (s), window centres", ylabel="probability (%)", ylim=(0, 100),
+               xlim=(0, max(b for _, b in times)), title=title if len(heads) == 1 else f"{title}: {head}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    _save(fig, path)

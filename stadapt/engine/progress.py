@@ -87,3 +87,45 @@ class TrainProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class CountProgress:
+    """Videos done of a known total, videos/s and ETA: a rich bar on a terminal, else a line every
+    `every_s` seconds (on stderr, so that stdout stays the results')."""
+
+    def __init__(self, console: Console, every_s: float = 10.0, noun: str = "videos") -> None:
+        self.console = console
+        self.every_s = every_s
+        self.noun = noun
+        self._bar: Optional[Progress] = None
+        self.total = self.done = 0
+        self._started = self._printed = 0.0
+
+    def start(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self._started = self._printed = time.monotonic()
+        if self.console.is_terminal:
+            self._bar = Progress(TextColumn(f"[bold]{{task.completed}}/{{task.total}} {self.noun}"), BarColumn(),
+                                 TextColumn("{task.fields[rate]}"), console=self.console, transient=False)
+            self._task = self._bar.add_task(self.noun, total=total, rate="")
+            self._bar.start()
+
+    def status(self, now: Optional[float] = None) -> str:
+        now = time.monotonic() if now is None else now
+        rate = self.done / max(now - self._started, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        return f"{rate:.2f} {self.noun}/s  ETA {format_duration(eta)}"
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=self.status(now))
+        elif now - self._printed >= self.every_s or self.done == self.total:
+            self._printed = now
+            self.console.print(f"{self.done}/{self.total} {self.noun}  {self.status(now)}", highlight=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from stadapt.data.dataset import build_dataset
 from stadapt.data.transforms import normalize
 from stadapt.engine import distributed
+from stadapt.engine.board import require_tensorboard
 from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.evaluate import check_input_size, evaluate_model
@@ -44,6 +45,7 @@ from stadapt.engine.rundir import (
     point_latest,
     read_metrics,
     write_recipe,
+    write_train_data,
 )
 from stadapt.engine.schedule import build_optimizer, build_scheduler
 from stadapt.engine.stream import DevicePrefetcher, StepStream, train_loader
@@ -249,7 +251,9 @@ class Trainer:
     def run(self) -> TrainResult:
         t = self.recipe.train
         if self.ctx.is_main:
-            self.log = MetricsLog(self.run_dir, resume_step=self.pos.step if self.resumed else None)
+            self.log = MetricsLog(self.run_dir, resume_step=self.pos.step if self.resumed else None,
+                                  tensorboard=t.tensorboard)
+            write_train_data(self.run_dir, self.train_set.samples)
         self.describe()
         progress = TrainProgress(t.steps, self.pos.step, enabled=self.ctx.is_main, console=self.console)
         window = StepStats()  # the steps since the last log line
@@ -445,6 +449,8 @@ def train(recipe_arg: str, overrides: Sequence[str] = (), out: Optional[str] = N
     try:
         recipe_path = resolve_recipe_path(recipe_arg)
         recipe = load_recipe(recipe_path, overrides)
+        if recipe.train.tensorboard:
+            require_tensorboard()
         run_dir = Path(out) if out else Path(distributed.broadcast_object(ctx, str(default_run_dir(recipe_path))))
         checkpoint_path = run_dir / CHECKPOINT_FILE
         resuming = resume and checkpoint_path.exists()

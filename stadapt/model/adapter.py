@@ -11,6 +11,7 @@ Both read `conv.weight` (r×1×kT×kH×kW) and `conv.bias`, so state dicts are i
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional, Sequence
 
 import torch
@@ -101,7 +102,7 @@ class STAdapter(nn.Module):
         """The published way: reshape to a B×r×T×h×w volume, nn.Conv3d, reshape back."""
         assert self.conv is not None
         bt, length, width = h.shape
-        side = int(round(length ** 0.5))
+        side = math.isqrt(int(length))  # int(): under export tracing `length` is a traced scalar
         if side * side != length:
             raise ValueError(f"adapter expects a square grid of patch tokens, got {length}")
         vol = h.view(bt // num_frames, num_frames, side, side, width).permute(0, 4, 1, 2, 3).contiguous()
