@@ -255,6 +255,20 @@ class StoreEntry:
         """Frames `indices` as 3×H×W uint8 tensors (a repeated index repeats the same tensor);
         indices past the end give the last frame. A list, not a stacked tensor: the transforms
         copy each frame's crop out anyway, and skipping the stack saves a full-frame copy."""
+        unique, inverse = self._read_jpegs(indices)
+        try:
+            frames = decode_jpeg(unique)
+        except RuntimeError as exc:
+            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({str(exc).splitlines()[0]})") from None
+        return [frames[i] for i in inverse]
+
+    def read_jpegs(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The JPEG files of frames `indices` as 1-d uint8 tensors, undecoded (as `read` picks them)."""
+        unique, inverse = self._read_jpegs(indices)
+        return [unique[i] for i in inverse]
+
+    def _read_jpegs(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], np.ndarray]:
+        """The distinct frames' JPEGs in frame order, and for each index its position among them."""
         wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
         unique, inverse = np.unique(wanted, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1])
@@ -268,11 +282,7 @@ class StoreEntry:
             if self.fh.readinto(buf) != len(buf):
                 raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
             jpegs.append(torch.frombuffer(buf, dtype=torch.uint8))
-        try:
-            frames = decode_jpeg(jpegs)
-        except RuntimeError as exc:
-            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({str(exc).splitlines()[0]})") from None
-        return [frames[i] for i in inverse]
+        return jpegs, inverse
 
     def close(self) -> None:
         self.fh.close()

@@ -23,7 +23,7 @@ from stadapt.data.transforms import normalize
 from stadapt.engine.evaluate import check_input_size
 from stadapt.engine.rundir import LATEST
 from stadapt.errors import RecipeError, StadaptError
-from stadapt.model.runtime import autocast, place_model
+from stadapt.model.runtime import autocast, inference_forward, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, recipe_from_dict
 
@@ -99,6 +99,7 @@ def predict(inputs: Iterable[str], model_dir: Path, top_k: int = 5, views: Optio
     recipe = with_views(model.recipe, views)
     place_model(model, device, recipe.train.precision)
     check_input_size(model, recipe)
+    forward = inference_forward(model, recipe.train.compile, device)  # CUDA graphs: one video's views per call
     entries = expand_inputs(inputs)
     readable = [Path(video) for video, error in entries if error is None]
     results: dict[str, dict[str, Any]] = {}
@@ -114,7 +115,7 @@ def predict(inputs: Iterable[str], model_dir: Path, top_k: int = 5, views: Optio
                 continue
             x = normalize(item["clip"].to(device), model.image_mean, model.image_std)
             with autocast(device, recipe.train.precision):
-                out = model(x)
+                out = forward(x)
             out = out if isinstance(out, dict) else {heads[0]: out}
             ranked = {head: _top(F.softmax(out[head].float(), dim=-1).mean(dim=0), model.class_names[head], top_k)
                       for head in heads}
