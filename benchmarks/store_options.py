@@ -5,6 +5,9 @@ For each data set (the K400-like synthetic set of `prepare synthetic --frames 30
 are as large as those of real footage), the store is written with each option in turn and
 `stadapt bench loader` measures it: `store_gb_per_hour`, `store_psnr_db` (against the source
 decoded again and scaled to the stored size) and the loader against the reference loader.
+A short-GOP H.264 store (not built in stadapt) is measured beside it for size, PSNR and the
+decoding of a clip's 8 frames (seek to each frame's keyframe, decode up to it), against the
+decoding alone of the same clips from the JPEG store, one core.
 
     python -m benchmarks.store_options [--work /tmp/store-options] [--out benchmarks/results/store-options-cpu.json]
 """
@@ -15,25 +18,32 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import av
 import matplotlib
 import numpy as np
+import PIL
+import torch
 from PIL import Image
 
 from stadapt.data.encode import write_video
 from stadapt.data.manifest import PreparedDataset
-from stadapt.data.store import write_store
+from stadapt.data.sampling import clip_indices
+from stadapt.data.store import FrameStore, write_store
 from stadapt.fileio import atomic_write_text
-from stadapt.loader_bench import bench_loader
+from stadapt.loader_bench import _cpu_name, bench_loader
 from stadapt.recipe import load_recipe
 
 # (label, short side, JPEG quality, chroma); the first is the format-1 store's encoding.
 OPTIONS = [("q90-420 (format 1)", 256, 90, "420"), ("q85-420", 256, 85, "420"), ("q80-420", 256, 80, "420"),
            ("q75-420", 256, 75, "420"), ("q90-444", 256, 90, "444"), ("q85-444", 256, 85, "444"),
            ("q85-420 short side 224", 224, 85, "420")]
+GOPS = (4, 8, 16)  # keyframe intervals of the short-GOP video store (x264 veryfast, crf 20)
 STADAPT = [sys.executable, "-m", "stadapt"]
 
 
@@ -55,6 +65,71 @@ def textured_frames(frames: int, width: int, height: int, seed: int) -> np.ndarr
     return out
 
 
+def decode_all(video: Path) -> list[np.ndarray]:
+    with av.open(str(video)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def read_by_seeking(video: Path, indices: list[int]) -> list[np.ndarray]:
+    """Each frame of `indices` (sorted, one per GOP at the clip's stride): seek to the keyframe
+    before it and decode forward to it."""
+    out = []
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        step = int(1 / (stream.average_rate * stream.time_base))  # pts per frame (constant rate)
+        for index in indices:
+            container.seek(index * step, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts >= index * step:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                    break
+    return out
+
+
+def short_gop_store(prepared: PreparedDataset, samples: list, recipe, work: Path, gop: int,
+                    clips: int) -> dict:
+    """Size per hour and PSNR of each video re-encoded with keyframes every `gop` frames, and
+    one core's clips/s decoding random training clips from it and from the JPEG store."""
+    squared, values, size, seconds = 0.0, 0, 0, 0.0
+    encoded = {}
+    for sample in samples:
+        source = decode_all(sample.path)
+        path = write_video(work / f"gop{gop}" / f"{Path(sample.path).stem}.mp4", np.stack(source), gop=gop)
+        again = decode_all(path)
+        for a, b in zip(source, again):
+            squared += float(np.square(a.astype(np.float64) - b).sum())
+            values += a.size
+        size += path.stat().st_size
+        seconds += len(source) / 25
+        encoded[sample.path] = (path, len(source))
+    rng = np.random.default_rng(0)
+    picks = []
+    for _ in range(clips):
+        path = samples[int(rng.integers(len(samples)))].path
+        picks.append((path, sorted(clip_indices(recipe.data, encoded[path][1], rng, 1)[0].tolist())))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.process_time()
+        for path, indices in picks:
+            read_by_seeking(encoded[path][0], indices)
+        video_s = time.process_time() - start
+        store = FrameStore(prepared.root)
+        start = time.process_time()
+        for path, indices in picks:
+            with store.open(path) as entry:
+                entry.read(indices)
+        jpeg_s = time.process_time() - start
+    finally:
+        torch.set_num_threads(torch_threads)
+    mse = squared / values
+    return {"store_gb_per_hour": round(size / seconds * 3600 / 1e9, 3),
+            "store_psnr_db": round(float(10 * np.log10(255**2 / mse)), 2),
+            "decode_clips_per_cpu_s": round(clips / video_s, 2),
+            "jpeg_store_decode_clips_per_cpu_s": round(clips / jpeg_s, 2)}
+
+
 def prepare(work: Path, name: str) -> Path:
     videos, prepared = work / name / "videos", work / name / "prepared"
     if not (prepared / "train.csv").is_file():
@@ -73,13 +148,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/store-options"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/store-options-cpu.json"))
     parser.add_argument("--clips", type=int, default=96)
+    parser.add_argument("--parts", nargs="+", choices=("jpeg", "gop"), default=["jpeg", "gop"])
     args = parser.parse_args()
     results = []
     for name in ("synthetic", "textured"):
         prepared = PreparedDataset.open(prepare(args.work, name))
         samples = prepared.samples("train") + prepared.samples("val")
         recipe = load_recipe("k400_vitb", [f"data.root={prepared.root}"])
-        for label, short_side, quality, chroma in OPTIONS:
+        for label, short_side, quality, chroma in OPTIONS if "jpeg" in args.parts else []:
             write_store(prepared.root, samples, short_side=short_side, workers=os.cpu_count() or 1,
                         quality=quality, chroma=chroma)
             result = bench_loader(recipe, workers=1, source="prepared", num_clips=args.clips, reference_clips=6,
@@ -89,7 +165,16 @@ def main() -> None:
                                              "speedup_vs_reference", "cpu_speedup_vs_reference")}}
             print(json.dumps(row), flush=True)
             results.append(row)
-    meta = {k: result[k] for k in ("cpu", "cpu_count", "versions")}
+        # the JPEG store as format 2 writes it, then the short-GOP video stores beside it
+        write_store(prepared.root, samples, workers=os.cpu_count() or 1)
+        for gop in GOPS if "gop" in args.parts else []:
+            row = {"data": name, "option": f"H.264 GOP {gop}, crf 20 (not built)",
+                   **short_gop_store(prepared, samples, recipe, args.work / name, gop, args.clips)}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    meta = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "av": av.__version__,
+                         "pillow": PIL.__version__, "numpy": np.__version__}}
     out = {"benchmark": "store options", "rows": results, **meta, "device": "cpu",
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")

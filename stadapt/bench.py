@@ -307,7 +307,8 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
     forward = maybe_compile(model, recipe.train.compile, settings.device, settings.compile_mode)
     figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model,
                    compile_mode=settings.compile_mode if forward is not model else None)
-    figures.update(latency_ms=None, latency_steps=None, latency_mode=None, throughput_clips_s=None, infer_step_ms=None,
+    figures.update(latency_ms=None, latency_steps=None, latency_mode=None, latency_cudagraph_skips=None,
+                   throughput_clips_s=None, infer_step_ms=None,
                    infer_steps=None, infer_peak_mem_mib=None, train_clips_s=None, train_step_ms=None,
                    train_steps=None, train_peak_mem_mib=None, out_of_memory=None)
     try:
@@ -315,10 +316,12 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
         reset_peak_memory(settings.device)
         # latency as predict and eval run the model: CUDA graphs of the compiled model
         single = inference_forward(model, recipe.train.compile, settings.device)
+        skips = cudagraph_skips()
         latency, latency_steps = seconds_per_step(
             inference_step(single, random_clips(recipe, 1, settings.device), precision), settings)
         figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
-                       latency_mode=getattr(single, "mode", None) if single is not model else "eager")
+                       latency_mode=getattr(single, "mode", None) if single is not model else "eager",
+                       latency_cudagraph_skips=cudagraph_skips() - skips)
         del single
         batch = random_clips(recipe, settings.batch_size, settings.device)
         if settings.batch_size > 1:
@@ -344,6 +347,13 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
         # variant's remaining figures stay empty and the run goes on.
         figures["out_of_memory"] = "training" if figures["throughput_clips_s"] is not None else "inference"
     return figures
+
+
+def cudagraph_skips() -> int:
+    """How often inductor has compiled a graph without CUDA graphs (it logs why) in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def check_input_size(model: VideoClassifier, recipe: Recipe) -> None:

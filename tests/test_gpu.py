@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import stadapt
+from stadapt.bench import cudagraph_skips
 from stadapt.model.build import set_impl
 from stadapt.model.runtime import autocast, inference_forward, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
@@ -126,11 +127,13 @@ def test_graph_captured_inference_matches_the_eager_model():
         eager = [model(v).float() for v in videos]
         eager_short = model(videos[2][:3]).float()
     forward = inference_forward(model, True, device, batch_size=4)
+    skips = cudagraph_skips()
     with autocast(device, "bf16"):
         graphed = [forward(v) for v in videos]  # warm-up, capture, replay
         again = forward(videos[0])
         short = forward(videos[2][:3])
     assert forward.mode == "reduce-overhead", "fell back from CUDA graphs"
+    assert cudagraph_skips() == skips, "inductor compiled without CUDA graphs (its log says why)"
     assert short.shape == (3, recipe.model.num_classes) and not again.requires_grad
     for got, exact in zip([*graphed, again, short], [*eager, eager[0], eager_short]):
         assert relative_error(got, exact) < 2e-2  # bf16 kernels of the compiler against eager ones

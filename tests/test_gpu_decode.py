@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 import stadapt
 from stadapt.data.dataset import build_dataset
-from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips, resolve_decode
+from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips, decoded_batches, resolve_decode
 from stadapt.data.store import entry_path
 from stadapt.errors import DataError
 
@@ -65,3 +65,22 @@ def test_decode_choice(prepared_dir):
         resolve_decode("gpu", dataset, cpu)
     with pytest.raises(DataError, match="--decode 'nvdec': expected one of auto, cpu, gpu"):
         resolve_decode("nvdec", dataset, cpu)
+
+
+def test_batches_decoded_ahead_arrive_in_order_and_a_loader_error_reaches_the_caller(prepared_dir):
+    dataset, recipe = eval_dataset(prepared_dir)
+    loader = DataLoader(StoredJpegClips(dataset), batch_size=2, collate_fn=collate_jpegs)
+    cpu = torch.device("cpu")
+    got = list(decoded_batches(loader, recipe.data, cpu, ahead=1))
+    assert [b["index"].tolist() for b, _, _ in got] == [[0, 1], [2, 3]]
+    for batch, clips, ok in got:
+        assert ok.all() and torch.equal(clips, decode_clips(batch["jpegs"], batch["ok"], recipe.data, cpu)[0])
+
+    def failing():
+        yield next(iter(loader))
+        raise DataError("store/ab/abc.frames: damaged frame store entry")
+
+    batches = decoded_batches(failing(), recipe.data, cpu)
+    assert next(batches)[0]["index"].tolist() == [0, 1]
+    with pytest.raises(DataError, match="damaged frame store entry"):
+        next(batches)

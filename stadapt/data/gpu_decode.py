@@ -6,12 +6,17 @@ On one CPU core the store's 340×256 JPEGs decode at about 1,000 frames/s, while
 batch 32 on an H200 consumes about 11,500; batched nvJPEG decodes about 25,000 (docs/
 performance.md). The views are those of EvalTransform: the short side scaled to
 data.test_resize (bilinear, antialiased, rounded back to uint8), then the spatial crops; they
-equal the CPU path's up to the rounding of the two JPEG decoders and resamplers.
+equal the CPU path's up to the rounding of the two JPEG decoders and resamplers. A thread
+decodes the next batches on a side stream while the model computes the current one
+(`decoded_batches`): decoding in turn with the model would add its whole time to each step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+import queue
+import threading
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +129,35 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
     return torch.cat([torch.stack([view.permute(1, 0, 2, 3) for view in
                                    spatial_crops(frames[k * t:(k + 1) * t], d.crop, d.test_views.spatial)])
                       for k in range(d.test_views.temporal)])
+
+
+def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
+                    ahead: int = 2) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips in a thread
+    up to `ahead` batches in advance (on CUDA, on a side stream the caller's stream waits for)."""
+    done = object()
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def decode_ahead() -> None:
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for batch in loader:
+                    clips, ok = decode_clips(batch["jpegs"], batch["ok"], data, device)
+                    event = side.record_event() if side is not None else None
+                    ready.put((batch, clips, ok, event))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+            return
+        ready.put(done)
+
+    threading.Thread(target=decode_ahead, name="stadapt-gpu-decode", daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        batch, clips, ok, event = item
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            clips.record_stream(current)  # allocated on the side stream, used on this one
+        yield batch, clips, ok

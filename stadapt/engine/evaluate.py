@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from stadapt.data.dataset import build_dataset
-from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips, resolve_decode
+from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decoded_batches, resolve_decode
 from stadapt.data.transforms import normalize
 from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
@@ -75,11 +75,9 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
     model.eval()
     indices, oks, labels, probs = [], [], {h: [] for h in heads}, {h: [] for h in heads}
     timed_clips, start = 0, None
-    for batch in loader:
-        if on_gpu:
-            clips, ok = decode_clips(batch["jpegs"], batch["ok"], recipe.data, ctx.device)
-        else:
-            clips, ok = batch["clip"].to(ctx.device, non_blocking=True), batch["ok"].bool()
+    batches = (decoded_batches(loader, recipe.data, ctx.device) if on_gpu else
+               ((b, b["clip"].to(ctx.device, non_blocking=True), b["ok"].bool()) for b in loader))
+    for batch, clips, ok in batches:
         n, v = clips.shape[:2]
         x = normalize(clips.flatten(0, 1), model.image_mean, model.image_std)
         with autocast(ctx.device, recipe.train.precision):
