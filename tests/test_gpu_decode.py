@@ -84,3 +84,18 @@ def test_batches_decoded_ahead_arrive_in_order_and_a_loader_error_reaches_the_ca
     assert next(batches)[0]["index"].tolist() == [0, 1]
     with pytest.raises(DataError, match="damaged frame store entry"):
         next(batches)
+
+
+def test_the_eval_loop_reports_where_it_decoded_and_its_clips_per_second(prepared_dir):
+    from stadapt.engine.distributed import DistContext
+    from stadapt.engine.evaluate import UNTIMED_BATCHES, predict_split
+
+    dataset, recipe = eval_dataset(prepared_dir, "train.device_batch_size=1", "train.workers=0",
+                                   "data.test_views.temporal=3")  # a video a batch
+    model = stadapt.build_model(recipe)
+    preds = predict_split(model, dataset, recipe, DistContext())
+    assert preds.decode == "cpu" and preds.ok.all() and len(dataset) > UNTIMED_BATCHES
+    assert preds.clips_per_s > 0
+    _, whole = eval_dataset(prepared_dir, "train.device_batch_size=8", "train.workers=0",
+                            "data.test_views.temporal=3")  # all 4 videos in one batch
+    assert predict_split(model, dataset, whole, DistContext()).clips_per_s is None  # nothing left to time

@@ -38,6 +38,8 @@ from stadapt.fileio import atomic_write_text
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
 from stadapt.recipe import Recipe, apply_override, head_sizes, recipe_from_dict
 
+UNTIMED_BATCHES = 2  # left out of clips_per_s: the workers' start, compilation, CUDA graph capture
+
 
 @dataclass
 class Predictions:
@@ -48,7 +50,7 @@ class Predictions:
     labels: dict[str, torch.Tensor]  # head -> N
     ok: torch.Tensor  # N bool: False where the video could not be read
     decode: str = "cpu"  # where the clips were decoded: cpu (loader workers) or gpu
-    clips_per_s: Optional[float] = None  # all ranks, after the first batch (compilation, workers' start)
+    clips_per_s: Optional[float] = None  # all ranks, after UNTIMED_BATCHES
 
 
 def micro_batch_size(recipe: Recipe, world_size: int) -> int:
@@ -66,7 +68,8 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
     videos_per_batch = max(1, 2 * micro_batch_size(recipe, ctx.world_size) // views)  # no activations kept
     on_gpu = decode == "gpu"
     source = StoredJpegClips(dataset) if on_gpu else dataset
-    loader = eval_loader(source, ctx, videos_per_batch, min(recipe.train.workers, 4), ctx.device.type == "cuda",
+    pin = ctx.device.type == "cuda" and not on_gpu  # pinning hundreds of small JPEGs costs more than it saves
+    loader = eval_loader(source, ctx, videos_per_batch, min(recipe.train.workers, 4), pin,
                          collate_fn=collate_jpegs if on_gpu else None)
     forward = inference_forward(model, graphs and recipe.train.compile, ctx.device, videos_per_batch * views)
     sizes = head_sizes(recipe.model)
@@ -74,7 +77,7 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
     was_training = model.training
     model.eval()
     indices, oks, labels, probs = [], [], {h: [] for h in heads}, {h: [] for h in heads}
-    timed_clips, start = 0, None
+    timed_clips, start, untimed = 0, None, UNTIMED_BATCHES
     batches = (decoded_batches(loader, recipe.data, ctx.device) if on_gpu else
                ((b, b["clip"].to(ctx.device, non_blocking=True), b["ok"].bool()) for b in loader))
     for batch, clips, ok in batches:
@@ -89,7 +92,8 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
             labels[head].append(label.long())
         indices.append(batch["index"].long())
         oks.append(ok.cpu())
-        if start is None:
+        if untimed:
+            untimed -= 1
             start = time.perf_counter()  # the .cpu() above waited for the device
         else:
             timed_clips += n * v
