@@ -116,7 +116,7 @@ for p in $PARTS; do
     case $p in
         model) part model 240 model_part ;;
         eval)
-            part prepare 90 prepare_data
+            part prepare 120 prepare_data
             part untrained-run 60 untrained_run
             part eval-gpu 120 eval_with gpu
             # eval's batch: 2 x train.batch_size 48 // 3 views = 32 videos = 96 clips
@@ -139,3 +139,4 @@ for p in $PARTS; do
 done
 echo "== done $(date -u +%T); files in $OUT:"
 ls -la "$OUT"
+sleep 1  # let tee write the end of the log

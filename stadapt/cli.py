@@ -147,6 +147,8 @@ def _print_bench_model(result: dict, path: Path) -> None:
                 "adapter_overhead_vs_backbone", "adapter_flops_vs_backbone", "projected_gpu_hours"):
         value = result[key]
         console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"latency run as: {result['latency_mode']} (mode of torch.compile; reduce-overhead = CUDA graphs); "
+                  f"training and throughput: {result['compile_mode'] or 'eager'}", highlight=False)
     if "time_by_kind" in result:
         _print_time_by_kind(result)
     console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
