@@ -87,17 +87,23 @@ def test_a_capture_failure_falls_back_to_the_plain_compiled_model_then_to_eager(
 
 
 def test_out_of_memory_is_not_taken_for_a_compiler_failure():
-    compile_fn, _ = compiler({"default": torch.OutOfMemoryError("CUDA out of memory")})
-    forward = _CompiledWithFallback(nn.Linear(4, 3), ("default",), compile_fn=compile_fn)
+    compile_fn, _ = compiler({"reduce-overhead": torch.OutOfMemoryError("CUDA out of memory"), "default": None})
+    forward = _CompiledWithFallback(nn.Linear(4, 3), ("reduce-overhead", "default"), inference=True,
+                                    compile_fn=compile_fn)
     with pytest.raises(torch.OutOfMemoryError):
         forward(torch.randn(2, 4))
-    assert forward.mode == "default"
+    assert forward.mode == "reduce-overhead"
 
 
-def test_training_calls_keep_autograd_and_the_cpu_runs_the_model_itself():
+def test_training_calls_keep_autograd_and_raise_runtime_errors_and_the_cpu_runs_the_model_itself():
     model = nn.Linear(4, 3)
     compile_fn, _ = compiler({"max-autotune-no-cudagraphs": None})
     forward = _CompiledWithFallback(model, ("max-autotune-no-cudagraphs",), compile_fn=compile_fn)
     assert forward(torch.randn(2, 4)).requires_grad
+    compile_fn, _ = compiler({"default": RuntimeError("CUDA error: an illegal memory access was encountered")})
+    forward = _CompiledWithFallback(model, ("default",), compile_fn=compile_fn)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        forward(torch.randn(2, 4))  # a training step's error is not hidden by running eagerly
+    assert forward.mode == "default"
     cpu = torch.device("cpu")
     assert inference_forward(model, True, cpu) is model and maybe_compile(model, True, cpu) is model

@@ -92,8 +92,9 @@ def inference_forward(model: nn.Module, enabled: bool, device: torch.device,
 
 
 class _CompiledWithFallback:
-    """Calls the model compiled in the first of `modes`; on an error of the compiler or of
-    graph capture warns once and moves to the next mode, after the last to the eager model."""
+    """Calls the model compiled in the first of `modes`; on an error of the compiler (or, for
+    inference, of graph capture) warns once and moves to the next mode, after the last to the
+    eager model."""
 
     def __init__(self, model: nn.Module, modes: Sequence[str], inference: bool = False,
                  batch_size: Optional[int] = None, compile_fn: Callable[..., Any] = torch.compile) -> None:
@@ -127,13 +128,16 @@ class _CompiledWithFallback:
         return out[:n].clone()
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
+        # inductor/triton could not build it; in inference also: a CUDA graph could not be captured.
+        # Training raises any other error, as the eager model would.
+        failures = (torch._dynamo.exc.BackendCompilerFailed, RuntimeError) if self.inference else \
+            (torch._dynamo.exc.BackendCompilerFailed,)
         while self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
             except torch.OutOfMemoryError:
                 raise
-            except (torch._dynamo.exc.BackendCompilerFailed, RuntimeError) as exc:
-                # inductor/triton could not build it, or a CUDA graph could not be captured
+            except failures as exc:
                 then = f"trying mode {self.modes[0]}" if self.modes else "running eagerly"
                 warnings.warn(f"torch.compile (mode {self.mode}) failed, {then}: {str(exc).splitlines()[0][:200]}",
                               stacklevel=3)
