@@ -13,7 +13,9 @@
 #   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
 #   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode)
 #   gputests  the rest of tests/test_gpu.py (fast path against fp32, side-stream copies)
-# At most 8 files come back from the GPU machine: h200.log plus at most 6 JSON files.
+#   freezing  (not in the default PARTS) bench model with TORCHINDUCTOR_FREEZING=1: inductor folds the
+#             frozen weights into the inference graphs (candidate for inference and latency only)
+# At most 8 files come back from the GPU machine: h200.log plus at most 7 JSON files.
 # Missing pure-Python packages (open_clip, typer, av, decord) travel as wheels in .whl/.
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -134,6 +136,8 @@ for p in $PARTS; do
                       --compile-mode max-autotune-no-cudagraphs --out "$OUT/model-k400_vitb-cuda-h200-$DAY-autotune.json" ;;
         gputests) part gputests 240 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
                       -k "not graph_captured and not jpeg_decoding" ;;
+        freezing) part freezing 300 env TORCHINDUCTOR_FREEZING=1 $STADAPT bench model --recipe k400_vitb --device cuda \
+                      --steps 10 --warmup 3 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-freezing.json" ;;
         *) echo "== unknown part $p" ;;
     esac
 done
