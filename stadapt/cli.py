@@ -118,6 +118,9 @@ def bench_model_command(
     out: Optional[Path] = typer.Option(None, "--out", help="result file [default: benchmarks/results/model-...json]"),
     profile: bool = typer.Option(False, "--profile",
                                  help="also show where the chosen path's step time goes (torch.profiler)"),
+    compile_mode: str = typer.Option("default", "--compile-mode",
+                                     help="torch.compile mode of training and throughput: default or "
+                                          "max-autotune-no-cudagraphs (latency always replays CUDA graphs)"),
 ) -> None:
     """Parameters, GFLOPs, latency, throughput, training speed and memory, against the reference path."""
     from stadapt.recipe import load_recipe
@@ -126,7 +129,8 @@ def bench_model_command(
     from stadapt.bench.model import bench_model, print_model_result, write_model_result
 
     result = bench_model(loaded, recipe, impl=impl, device=device,
-                         batch_size=batch_size, steps=steps, warmup=warmup, profile=profile)
+                         batch_size=batch_size, steps=steps, warmup=warmup, profile=profile,
+                         compile_mode=compile_mode)
     path = write_model_result(result, out)
     if json_output:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -240,11 +244,13 @@ def eval_command(
     run_dir: str = typer.Argument(..., help="A run directory (or its adapter.safetensors)."),
     split: str = typer.Option("val", "--split", help="The split of the run's data.root to score."),
     set_: list[str] = typer.Option([], "--set", help="Override data.* keys: --set data.test_views.temporal=3."),
+    decode: str = typer.Option("auto", "--decode", help="Where to decode the prepared store's JPEGs: cpu, gpu, or "
+                                                        "auto (gpu on CUDA with data.source = prepared)."),
 ) -> None:
     """Score a trained run: multi-view top-1/top-5, mean class accuracy, confusion matrix."""
     from stadapt.engine.evaluate import report_table, run_eval
 
-    report = run_eval(Path(run_dir), split, set_)
+    report = run_eval(Path(run_dir), split, set_, decode)
     if report is not None:
         console.print(report_table(report, f"{run_dir}: {split}"))
         console.print(f"wrote {Path(run_dir) / f'eval-{split}.json'} and confusion-{split}.csv/.png", highlight=False)

@@ -1,6 +1,7 @@
 """What only a GPU can check: the fast path as training runs it (bf16 frozen weights, bf16
 autocast, torch.compile) against exact fp32 arithmetic and against the published path (fp16,
-eager, nn.Conv3d); and the training loop's side-stream copies of the next batch.
+eager, nn.Conv3d); the inference path's CUDA graphs against the eager model; eval's nvJPEG
+decoding against the CPU path's; and the training loop's side-stream copies of the next batch.
 
 Skipped without CUDA, so the default CPU run (CI) does not see it; run on a GPU machine with
 `pytest tests/test_gpu.py`. The CPU tests pin the two paths to 1e-5 in fp32 (test_model.py);
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 import stadapt
+from stadapt.bench import cudagraph_skips
 from stadapt.model.build import set_impl
-from stadapt.model.runtime import autocast, maybe_compile, place_model
+from stadapt.model.runtime import autocast, inference_forward, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -110,3 +112,55 @@ def test_prefetched_batches_arrive_on_the_gpu_intact_and_in_order():
         assert batch["clip"].is_cuda and torch.equal(batch["clip"].cpu(), expected["clip"])
         assert torch.equal(batch["label"]["noun"].cpu(), expected["label"]["noun"])
         assert not batch["epoch"].is_cuda  # bookkeeping stays on the host
+
+
+def test_graph_captured_inference_matches_the_eager_model():
+    """inference_forward replays CUDA graphs (mode reduce-overhead, no fallback taken); its
+    outputs survive the next replay, and a short last batch is padded, not recompiled."""
+    torch.manual_seed(0)
+    model, recipe = randomised("k400_vitb")
+    device = torch.device("cuda")
+    place_model(model, device, "bf16")
+    model.eval()
+    videos = [torch.randn(4, 3, recipe.data.num_frames, recipe.data.crop, recipe.data.crop, device=device)
+              for _ in range(3)]
+    with torch.no_grad(), autocast(device, "bf16"):
+        eager = [model(v).float() for v in videos]
+        eager_short = model(videos[2][:3]).float()
+    forward = inference_forward(model, True, device, batch_size=4)
+    skips = cudagraph_skips()
+    with autocast(device, "bf16"):
+        graphed = [forward(v) for v in videos]  # warm-up, capture, replay
+        again = forward(videos[0])
+        short = forward(videos[2][:3])
+    assert forward.mode == "reduce-overhead", "fell back from CUDA graphs"
+    assert cudagraph_skips() == skips, "inductor compiled without CUDA graphs (its log says why)"
+    assert short.shape == (3, recipe.model.num_classes) and not again.requires_grad
+    for got, exact in zip([*graphed, again, short], [*eager, eager[0], eager_short]):
+        assert relative_error(got, exact) < 2e-2  # bf16 kernels of the compiler against eager ones
+    assert len({g.data_ptr() for g in graphed}) == 3  # each call's own output, not the graph's buffer
+
+
+def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
+    from torch.utils.data import DataLoader
+
+    from stadapt.data.dataset import build_dataset
+    from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips
+    from stadapt.data.transforms import normalize
+
+    recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4",
+                                          "data.test_views.spatial=3", "data.test_resize=72"])
+    dataset = build_dataset(recipe, "val", train=False)
+    batch = next(iter(DataLoader(StoredJpegClips(dataset), batch_size=4, collate_fn=collate_jpegs)))
+    clips, ok = decode_clips(batch["jpegs"], batch["ok"], recipe.data, torch.device("cuda"))
+    expected = torch.stack([dataset[i]["clip"] for i in batch["index"].tolist()])
+    assert ok.all() and clips.is_cuda and clips.shape == expected.shape
+    difference = (clips.cpu().int() - expected.int()).abs().float()
+    print(f"nvJPEG against the CPU path: mean {difference.mean():.3f}, max {difference.max():.0f} levels")
+    assert difference.mean() < 1.0 and difference.quantile(0.999) <= 8  # two decoders' and resamplers' rounding
+
+    model = stadapt.build_model(recipe).cuda().eval()
+    with torch.no_grad():
+        logits = [model(normalize(c.cuda().flatten(0, 1), model.image_mean, model.image_std)).float()
+                  for c in (clips, expected)]
+    assert relative_error(logits[0], logits[1]) < 2e-2

@@ -24,6 +24,8 @@ def test_bench_loader_json(prepared_dir, tmp_path):
     assert KEYS <= set(result)
     assert result["clips_per_s"] > 0 and result["source"] == "prepared" and result["num_frames"] == 8
     assert {"torch", "decord", "av"} <= set(result["versions"])
+    assert result["store_gb_per_hour"] > 0 and 30 < result["store_psnr_db"] < 70
+    assert result["store_encoding"]["jpeg_quality"] == 85
     saved = list((tmp_path / "benchmarks" / "results").glob("loader-demo-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == result
 

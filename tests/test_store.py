@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from stadapt.data import store as store_module
 from stadapt.data.decode import VideoReadError, read_frames
 from stadapt.data.manifest import Sample
-from stadapt.data.store import FrameStore, entry_path, write_store
+from stadapt.data.store import FrameStore, entry_path, store_figures, write_store
 from stadapt.data.synthetic import generate_synthetic
 from stadapt.errors import DataError
 
@@ -66,9 +66,9 @@ def test_an_interrupted_write_leaves_no_entry(tmp_path, videos, monkeypatch):
         calls.append(1)
         if len(calls) > 5:
             raise KeyboardInterrupt
-        return torch.zeros(10, dtype=torch.uint8)
+        return b"\xff" * 10
 
-    monkeypatch.setattr(store_module, "encode_jpeg", failing_encode)
+    monkeypatch.setattr(store_module, "encode_frame", failing_encode)
     with pytest.raises(KeyboardInterrupt):
         write_store(tmp_path / "prepared", samples_of(videos[:1]))
     assert [p for p in (tmp_path / "prepared").rglob("*") if p.is_file()] == []
@@ -98,3 +98,57 @@ def test_reader_errors_name_the_file(tmp_path, videos):
     assert np.isfinite(write_store(root, samples_of(videos[:1]), short_side=32)["seconds"])
     with store.open(videos[0]) as e:  # rewritten, since the damaged entry had no valid header
         assert e.num_frames == 20
+
+
+def test_the_encoding_is_recorded_and_a_new_one_re_encodes(tmp_path, videos):
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos[:2]), short_side=48)
+    info = json.loads((root / "store" / "info.json").read_text())
+    assert (info["format"], info["jpeg_quality"], info["chroma"]) == (store_module.FORMAT, 85, "420")
+    with FrameStore(root).open(videos[0]) as entry:
+        assert (entry.header["jpeg_quality"], entry.header["chroma"]) == (85, "420")
+        default = entry.read([3])[0]
+    smaller = entry_path(root, videos[0]).stat().st_size
+    assert write_store(root, samples_of(videos[:2]), short_side=48, quality=95, chroma="444")["written"] == 2
+    assert entry_path(root, videos[0]).stat().st_size > smaller
+    with FrameStore(root).open(videos[0]) as entry:
+        finer = entry.read([3])[0]
+    raw = torch.from_numpy(read_frames(videos[0], [3])).permute(0, 3, 1, 2).float()
+    expected = F.interpolate(raw, size=(48, 72), mode="bilinear", antialias=True)[0]
+    assert (finer.float() - expected).abs().mean() < (default.float() - expected).abs().mean()
+    with pytest.raises(DataError, match="JPEG quality 0"):
+        write_store(root, samples_of(videos[:1]), quality=0)
+
+
+def test_a_format_1_store_stays_readable_and_is_re_encoded(tmp_path, videos, monkeypatch):
+    root = tmp_path / "prepared"
+    monkeypatch.setattr(store_module, "FORMAT", 1)
+    write_store(root, samples_of(videos[:2]), short_side=48)
+    monkeypatch.undo()
+    with FrameStore(root).open(videos[1]) as entry:
+        assert entry.header["format"] == 1 and entry.read([0, 19])[1].shape == (3, 48, 72)
+    assert write_store(root, samples_of(videos[:2]), short_side=48)["written"] == 2
+
+
+def test_a_store_of_an_unknown_format_is_refused_in_one_line(tmp_path, videos):
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos[:1]), short_side=48)
+    info = root / "store" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "format": 9}))
+    with pytest.raises(DataError, match=r"format 9, this stadapt reads 1, 2; run `stadapt prepare --decode` again"):
+        FrameStore(root)
+
+
+def test_store_figures_give_size_per_hour_and_psnr_against_the_source(tmp_path, videos):
+    root = tmp_path / "prepared"
+    figures = {}
+    for quality in (50, 95):
+        write_store(root, samples_of(videos), short_side=64, quality=quality)
+        figures[quality] = store_figures(root, videos, frames_per_video=4)
+    total = sum(entry_path(root, v).stat().st_size for v in videos)
+    seconds = 6 * 20 / 25  # six videos of 20 frames at 25 fps
+    assert figures[95]["store_gb_per_hour"] == round(total / seconds * 3600 / 1e9, 3)
+    assert figures[95]["store_bytes_per_frame"] == round(total / 120)
+    assert figures[95]["store_encoding"] == {"format": 2, "short_side": 64, "jpeg_quality": 95, "chroma": "420"}
+    assert 30 < figures[50]["store_psnr_db"] < figures[95]["store_psnr_db"] < 70
+    assert figures[50]["store_gb_per_hour"] < figures[95]["store_gb_per_hour"]

@@ -9,6 +9,7 @@ Both report clips per second per worker, i.e. per CPU core. On a shared machine 
 comes and goes, so the two alternate over several rounds and each reports its best round
 (all rounds are in the result too). Clips per CPU-second of the loading processes are
 reported beside: that figure does not move when other processes compete for the cores.
+With the store, its size per hour of video and its PSNR against the source are reported too.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from stadapt.data.dataset import VideoDataset, build_dataset
 from stadapt.data.decode import VideoReadError
 from stadapt.data.manifest import PreparedDataset
 from stadapt.data.sampling import clip_indices
+from stadapt.data.store import store_figures
 from stadapt.errors import DataError
 from stadapt.recipe import Recipe, head_sizes
+
+STORE_VIDEOS = 8  # videos whose stored frames are compared with the source for store_psnr_db
 
 
 def bench_loader(recipe: Recipe, workers: int, source: str, num_clips: int, batch_size: int = 8,
@@ -65,6 +69,8 @@ def bench_loader(recipe: Recipe, workers: int, source: str, num_clips: int, batc
         "cpu_speedup_vs_reference": round(per_cpu_s / reference_per_cpu_s, 2),
         "rounds_clips_per_s": [round(t["clips"] / t["wall_s"], 2) for t in ours],
         "rounds_reference_clips_per_s": [round(t["clips"] / t["wall_s"], 2) for t in reference],
+        **(store_figures(recipe.data.root, [s.path for s in dataset.samples[:STORE_VIDEOS]])
+           if source == "prepared" else {}),
         "skipped_videos": sum(t["skipped"] for t in ours),
         "workers": workers,
         "batch_size": batch_size,

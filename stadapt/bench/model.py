@@ -35,7 +35,15 @@ from stadapt.engine.schedule import build_optimizer
 from stadapt.engine.train import classification_loss
 from stadapt.errors import StadaptError
 from stadapt.model.build import build_model, count_parameters, set_impl
-from stadapt.model.runtime import autocast, compute_dtype, grad_scaler, maybe_compile, place_model
+from stadapt.model.runtime import (
+    COMPILE_MODES,
+    autocast,
+    compute_dtype,
+    grad_scaler,
+    inference_forward,
+    maybe_compile,
+    place_model,
+)
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, head_sizes
 
@@ -51,10 +59,11 @@ class Settings:
     steps: int  # timed steps per measurement (at most, when there is a budget)
     warmup: int
     budget_s: Optional[float] = None  # stop timing once this is spent (at least one step); CPU defaults only
+    compile_mode: str = "default"  # torch.compile mode of the compiled paths' training and throughput
 
 
 def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Optional[int] = None,
-                  steps: Optional[int] = None, warmup: Optional[int] = None) -> Settings:
+                  steps: Optional[int] = None, warmup: Optional[int] = None, compile_mode: str = "default") -> Settings:
     """Defaults per device: a GPU times 20 steps after 5 warm-up steps; the CPU, after one
     warm-up step, times up to 10 steps within one second, so that a ViT-B/16 recipe stays
     well under a minute on two cores while a tiny model still gets several steps.
@@ -67,6 +76,7 @@ def make_settings(recipe: Recipe, device: Optional[str] = None, batch_size: Opti
         steps=steps if steps is not None else (20 if on_gpu else 10),
         warmup=warmup if warmup is not None else (5 if on_gpu else 1),
         budget_s=None if on_gpu or steps is not None else 1.0,
+        compile_mode=compile_mode,
     )
 
 
@@ -291,17 +301,25 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
     precision = recipe.train.precision
     dtype = compute_dtype(settings.device, precision)
     figures: dict[str, Any] = dict(model_cost(model, recipe, settings.device, precision))
-    forward = maybe_compile(model, recipe.train.compile, settings.device)
-    figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model)
-    figures.update(latency_ms=None, latency_steps=None, throughput_clips_s=None, infer_step_ms=None,
+    forward = maybe_compile(model, recipe.train.compile, settings.device, settings.compile_mode)
+    figures.update(precision=str(dtype).replace("torch.", ""), compiled=forward is not model,
+                   compile_mode=settings.compile_mode if forward is not model else None)
+    figures.update(latency_ms=None, latency_steps=None, latency_mode=None, latency_cudagraph_skips=None,
+                   throughput_clips_s=None, infer_step_ms=None,
                    infer_steps=None, infer_peak_mem_mib=None, train_clips_s=None, train_step_ms=None,
                    train_steps=None, train_peak_mem_mib=None, out_of_memory=None)
     try:
         model.eval()
         reset_peak_memory(settings.device)
+        # latency as predict and eval run the model: CUDA graphs of the compiled model
+        single = inference_forward(model, recipe.train.compile, settings.device)
+        skips = cudagraph_skips()
         latency, latency_steps = seconds_per_step(
-            inference_step(forward, random_clips(recipe, 1, settings.device), precision), settings)
-        figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps)
+            inference_step(single, random_clips(recipe, 1, settings.device), precision), settings)
+        figures.update(latency_ms=round(latency * 1e3, 3), latency_steps=latency_steps,
+                       latency_mode=getattr(single, "mode", None) if single is not model else "eager",
+                       latency_cudagraph_skips=cudagraph_skips() - skips)
+        del single
         batch = random_clips(recipe, settings.batch_size, settings.device)
         if settings.batch_size > 1:
             reset_peak_memory(settings.device)
@@ -328,6 +346,13 @@ def measure_variant(recipe: Recipe, settings: Settings, train: bool, profile: bo
     return figures
 
 
+def cudagraph_skips() -> int:
+    """How often inductor has compiled a graph without CUDA graphs (it logs why) in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -350,18 +375,22 @@ def variant_recipes(recipe: Recipe, impl: str) -> dict[str, tuple[Recipe, bool]]
 
 def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Optional[str] = None,
                 batch_size: Optional[int] = None, steps: Optional[int] = None,
-                warmup: Optional[int] = None, profile: bool = False) -> dict:
+                warmup: Optional[int] = None, profile: bool = False, compile_mode: str = "default") -> dict:
     """Measure the recipe's model (random weights) and return the result as a JSON-ready dict.
 
     With `profile`, the chosen path's steps are also profiled (after timing, so the profiler
-    does not slow the timed steps): the result's `time_by_kind`.
+    does not slow the timed steps): the result's `time_by_kind`. `compile_mode` is the
+    torch.compile mode of the chosen path's training and batch throughput (COMPILE_MODES);
+    latency always runs as predict and eval run the model (runtime.inference_forward).
     """
     if impl not in IMPLS:
         raise StadaptError(f"--impl {impl!r}: expected one of {', '.join(IMPLS)}")
+    if compile_mode not in COMPILE_MODES:
+        raise StadaptError(f"--compile-mode {compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     recipe = copy.deepcopy(recipe)
     recipe.model.pretrained = "none"  # timing does not depend on the weights; no download
     recipe.model.init_from = None
-    settings = make_settings(recipe, device, batch_size, steps, warmup)
+    settings = make_settings(recipe, device, batch_size, steps, warmup, compile_mode)
     torch.manual_seed(recipe.train.seed)
     variants = {}
     for name, (variant, train) in variant_recipes(recipe, impl).items():
@@ -380,6 +409,8 @@ def bench_model(recipe: Recipe, recipe_name: str, impl: str = "fast", device: Op
         "batch_size": settings.batch_size,
         "precision": chosen["precision"],
         "compiled": chosen["compiled"],
+        "compile_mode": chosen["compile_mode"],
+        "latency_mode": chosen["latency_mode"],
         "steps": settings.steps,
         "warmup": settings.warmup,
         "budget_s": settings.budget_s,
@@ -447,6 +478,8 @@ def print_model_result(console: Console, result: dict[str, Any], path: Path) -> 
         console.print(f"{key}: {'-' if value is None else f'{value:.3f}'}", highlight=False)
     if "time_by_kind" in result:
         console.print(time_by_kind_table(result))
+    console.print(f"latency run as: {result['latency_mode']} (mode of torch.compile; reduce-overhead = CUDA graphs); "
+                  f"training and throughput: {result['compile_mode'] or 'eager'}", highlight=False)
     console.print(f"weights: {result['weights']}; wrote {path}", highlight=False)
 
 

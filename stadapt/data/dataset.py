@@ -86,16 +86,18 @@ class VideoDataset(Dataset):
         raise DataError(f"{MAX_REPLACEMENTS + 1} unreadable videos in a row while loading sample {index} "
                         f"(the last: {self.samples[current].path}); check the data set")
 
+    def test_frames(self, sample: Sample) -> Callable[[int], np.ndarray]:
+        """pick(number of frames) → the frames of a test item, its temporal views one after the other."""
+        d = self.data
+        return lambda n: clip_indices(d, n, None, d.test_views.temporal, sample.start_frame,
+                                      sample.stop_frame).reshape(-1)
+
     def _test_item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         d = self.data
         views = d.test_views.temporal * d.test_views.spatial
-
-        def pick(n: int) -> np.ndarray:  # temporal views one after the other
-            return clip_indices(d, n, None, d.test_views.temporal, sample.start_frame, sample.stop_frame).reshape(-1)
-
         try:
-            frames = self._read(sample, pick)
+            frames = self._read(sample, self.test_frames(sample))
         except VideoReadError as exc:
             _warn_once(sample.path, exc)
             clip = torch.zeros((views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8)

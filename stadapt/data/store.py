@@ -3,13 +3,17 @@
 Decoding compressed video is what makes a loader slow: with long keyframe intervals, reading
 8 frames still decodes most of the file. The store decodes every video once, scales it to a
 short side of `short_side` pixels and keeps every frame as its own JPEG, so a clip costs
-8 small JPEG decodes of exactly the frames it samples.
+8 small JPEG decodes of exactly the frames it samples. The JPEGs are baseline 4:2:0 at quality
+85 with optimised Huffman tables (`benchmarks/store_options.py` measured the choices:
+README, "Loading"); baseline JPEG is also what nvJPEG decodes on the GPU (stadapt.data.gpu_decode).
 
 Layout: `<prepared>/store/info.json` plus one entry file per video at
 `store/<h[:2]>/<h>.frames`, where h is the SHA-1 of the video's absolute path. An entry is
 
     JPEG 0 | JPEG 1 | ... | offsets: (n+1) little-endian u64 | header JSON | u64 header length | MAGIC
 
+The header records the format and the JPEG encoding. Format 1 entries (quality 90, written
+before the header named the encoding) read the same way; `prepare --decode` re-encodes them.
 The index sits at the end so a writer can stream frames of an hour-long video without
 holding them; the header records the source's size and mtime so an unchanged video is not
 decoded again. Entries are written to a temporary name and renamed, so an interrupted run
@@ -19,6 +23,7 @@ never leaves a half-written entry where the reader looks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import struct
@@ -30,16 +35,20 @@ from typing import Any, Callable, Optional, Sequence
 import av
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
+from torchvision.io import decode_jpeg
 
 from stadapt.data.decode import VideoReadError, upright
 from stadapt.data.manifest import Sample
-from stadapt.errors import DataError, first_line
+from stadapt.errors import DataError
 from stadapt.fileio import atomic_path, atomic_write_text
 
 MAGIC = b"STFRAME1"
-FORMAT = 1
-JPEG_QUALITY = 90
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+JPEG_QUALITY = 85
+CHROMA = "420"  # "420": chroma at half resolution both ways (what JPEG files usually hold); "444": full
+SUBSAMPLING = {"444": 0, "420": 2}  # PIL's names for them
 TAIL = struct.Struct("<Q8s")  # header length, magic
 
 
@@ -48,10 +57,19 @@ def entry_path(prepared_root: Path, video: Path) -> Path:
     return Path(prepared_root) / "store" / digest[:2] / f"{digest}.frames"
 
 
+def encode_frame(image: np.ndarray, quality: int = JPEG_QUALITY, chroma: str = CHROMA) -> bytes:
+    """One H×W×3 uint8 RGB frame as a baseline JPEG."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=SUBSAMPLING[chroma], optimize=True)
+    return buf.getvalue()
+
+
 def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 256, workers: int = 1,
-                on_video: Callable[[Path], None] | None = None) -> dict:
+                on_video: Callable[[Path], None] | None = None, quality: int = JPEG_QUALITY,
+                chroma: str = CHROMA) -> dict:
     """Decode every distinct video of `samples` into the store; skip those already stored and
-    unchanged (same size and mtime, same short side). Unreadable videos are listed, not fatal.
+    unchanged (same size and mtime, same short side and encoding). Unreadable videos are listed,
+    not fatal.
 
     Returns {videos, frames, bytes, seconds, written, unchanged, failed: [{path, error}]},
     where videos, frames and bytes describe the store entries of these samples.
@@ -59,14 +77,18 @@ def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 25
     start = time.perf_counter()
     if short_side < 16:
         raise DataError(f"store short side = {short_side}: must be at least 16 pixels")
+    if not 1 <= quality <= 95 or chroma not in SUBSAMPLING:
+        raise DataError(f"store JPEG quality {quality}, chroma {chroma!r}: expected 1..95 and one of "
+                        f"{', '.join(SUBSAMPLING)}")
+    encoding = {"short_side": short_side, "jpeg_quality": quality, "chroma": chroma}
     root = Path(prepared_root)
     videos = list(dict.fromkeys(Path(os.path.abspath(s.path)) for s in samples))
     summary: dict[str, Any] = {"videos": 0, "frames": 0, "bytes": 0, "seconds": 0.0, "written": 0,
-                               "unchanged": 0, "failed": [], "short_side": short_side}
+                               "unchanged": 0, "failed": [], **encoding}
     todo = []
     for video in videos:
         header = _stored_header(entry_path(root, video))
-        if header is not None and _is_current(header, video, short_side):
+        if header is not None and _is_current(header, video, encoding):
             _count(summary, header["num_frames"], entry_path(root, video).stat().st_size)
             summary["unchanged"] += 1
             if on_video is not None:
@@ -85,15 +107,14 @@ def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 25
 
     if workers <= 1 or len(todo) <= 1:
         for video in todo:
-            finished(video, _store_video(video, entry_path(root, video), short_side))
+            finished(video, _store_video(video, entry_path(root, video), encoding))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_store_video, v, entry_path(root, v), short_side): v for v in todo}
+            futures = {pool.submit(_store_video, v, entry_path(root, v), encoding): v for v in todo}
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    info = {"format": FORMAT, "short_side": short_side, "jpeg_quality": JPEG_QUALITY,
-            **{k: summary[k] for k in ("videos", "frames", "bytes")}}
+    info = {"format": FORMAT, **encoding, **{k: summary[k] for k in ("videos", "frames", "bytes")}}
     atomic_write_text(root / "store" / "info.json", json.dumps(info, indent=2) + "\n")
     return summary
 
@@ -104,16 +125,16 @@ def _count(summary: dict, frames: int, size: int) -> None:
     summary["bytes"] += size
 
 
-def _is_current(header: dict, video: Path, short_side: int) -> bool:
+def _is_current(header: dict, video: Path, encoding: dict) -> bool:
     try:
         st = video.stat()
     except OSError:
         return False
-    stored = (header.get("size"), header.get("mtime_ns"), header.get("short_side"))
-    return stored == (st.st_size, st.st_mtime_ns, short_side)
+    same_source = (header.get("size"), header.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+    return header.get("format") == FORMAT and same_source and all(header.get(k) == v for k, v in encoding.items())
 
 
-def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] | str:
+def _store_video(video: Path, entry: Path, encoding: dict) -> tuple[int, int] | str:
     """Write one entry; (frames, bytes) on success, else the reason as one line."""
     try:
         st = video.stat()
@@ -128,18 +149,17 @@ def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] |
             with open(tmp, "wb") as fh:
                 for frame in container.decode(stream):
                     if size is None:
-                        size = _scaled_size(frame.width, frame.height, short_side)
-                    rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
-                    image = upright(rgb.to_ndarray(), frame.rotation)  # as the decoder gives it
-                    jpeg = encode_jpeg(torch.from_numpy(image).permute(2, 0, 1), quality=JPEG_QUALITY)
-                    fh.write(jpeg.numpy().tobytes())
-                    offsets.append(offsets[-1] + jpeg.numel())
+                        size = _scaled_size(frame.width, frame.height, encoding["short_side"])
+                    image = upright(scaled_rgb(frame, size), frame.rotation)  # as the decoder gives it
+                    jpeg = encode_frame(image, encoding["jpeg_quality"], encoding["chroma"])
+                    fh.write(jpeg)
+                    offsets.append(offsets[-1] + len(jpeg))
                 if size is None:
                     raise ValueError("no video frames")
                 rate = stream.average_rate or stream.guessed_rate
                 header = {"format": FORMAT, "source": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                           "num_frames": len(offsets) - 1, "fps": float(rate) if rate else None,
-                          "width": image.shape[1], "height": image.shape[0], "short_side": short_side}
+                          "width": image.shape[1], "height": image.shape[0], **encoding}
                 blob = json.dumps(header).encode("utf-8")
                 fh.write(np.asarray(offsets, dtype="<u8").tobytes())
                 fh.write(blob)
@@ -148,6 +168,11 @@ def _store_video(video: Path, entry: Path, short_side: int) -> tuple[int, int] |
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return f"{video}: cannot store ({reason.replace(str(video), '').strip(' :')})"
     return len(offsets) - 1, entry.stat().st_size
+
+
+def scaled_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as H×W×3 RGB at `size` (width, height), scaled as the store scales it."""
+    return frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA").to_ndarray()
 
 
 def _scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -174,6 +199,9 @@ def _read_footer(fh, entry: Path) -> tuple[dict, int]:
             raise ValueError("bad magic")
         fh.seek(end - TAIL.size - header_len)
         header = json.loads(fh.read(header_len))
+        if header.get("format") not in READABLE_FORMATS:
+            raise VideoReadError(f"{entry}: frame store format {header.get('format')!r}, this stadapt reads "
+                                 f"{', '.join(map(str, READABLE_FORMATS))}; run `stadapt prepare --decode` again")
         table = end - TAIL.size - header_len - 8 * (header["num_frames"] + 1)
         if table < 0:
             raise ValueError("truncated")
@@ -192,6 +220,15 @@ class FrameStore:
         if not info.is_file():
             raise DataError(f"{info}: missing, so data.source = prepared has nothing to read "
                             "(run `stadapt prepare DATASET ROOT --decode`, or set data.source=raw)")
+        try:
+            self.info: dict = json.loads(info.read_text(encoding="utf-8"))
+            found = self.info["format"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{info}: not a frame store description ({exc}); "
+                            "run `stadapt prepare --decode` again") from None
+        if found not in READABLE_FORMATS:
+            raise DataError(f"{info}: frame store format {found!r}, this stadapt reads "
+                            f"{', '.join(map(str, READABLE_FORMATS))}; run `stadapt prepare --decode` again")
 
     def open(self, video: Path) -> "StoreEntry":
         entry = entry_path(self.root, video)
@@ -220,6 +257,20 @@ class StoreEntry:
         """Frames `indices` as 3×H×W uint8 tensors (a repeated index repeats the same tensor);
         indices past the end give the last frame. A list, not a stacked tensor: the transforms
         copy each frame's crop out anyway, and skipping the stack saves a full-frame copy."""
+        unique, inverse = self._read_jpegs(indices)
+        try:
+            frames = decode_jpeg(unique)
+        except RuntimeError as exc:
+            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({str(exc).splitlines()[0]})") from None
+        return [frames[i] for i in inverse]
+
+    def read_jpegs(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The JPEG files of frames `indices` as 1-d uint8 tensors, undecoded (as `read` picks them)."""
+        unique, inverse = self._read_jpegs(indices)
+        return [unique[i] for i in inverse]
+
+    def _read_jpegs(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], np.ndarray]:
+        """The distinct frames' JPEGs in frame order, and for each index its position among them."""
         wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
         unique, inverse = np.unique(wanted, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1])
@@ -233,11 +284,7 @@ class StoreEntry:
             if self.fh.readinto(buf) != len(buf):
                 raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
             jpegs.append(torch.frombuffer(buf, dtype=torch.uint8))
-        try:
-            frames = decode_jpeg(jpegs)
-        except RuntimeError as exc:
-            raise VideoReadError(f"{self.path}: damaged JPEG in the frame store ({first_line(exc)})") from None
-        return [frames[i] for i in inverse]
+        return jpegs, inverse
 
     def close(self) -> None:
         self.fh.close()
@@ -247,3 +294,34 @@ class StoreEntry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def store_figures(prepared_root: Path, videos: Sequence[Path], frames_per_video: int = 8) -> dict[str, Any]:
+    """The store's size per hour of video and its fidelity: PSNR of stored frames against the
+    source decoded again and scaled the same way (what the JPEG encoding loses), over
+    `frames_per_video` evenly spaced frames of each of `videos`."""
+    store = FrameStore(prepared_root)
+    squared_error, values, seconds, frames = 0.0, 0, 0.0, 0
+    for video in videos:
+        with store.open(video) as entry:
+            seconds += entry.num_frames / (entry.header.get("fps") or 25.0)
+            frames += entry.num_frames
+            wanted = sorted(set(np.linspace(0, entry.num_frames - 1, frames_per_video).round().astype(int).tolist()))
+            stored = dict(zip(wanted, entry.read(wanted)))
+            short_side = entry.header["short_side"]
+        with av.open(str(video)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in stored:
+                    size = _scaled_size(frame.width, frame.height, short_side)
+                    source = upright(scaled_rgb(frame, size), frame.rotation)
+                    diff = stored[i].permute(1, 2, 0).numpy().astype(np.float64) - source
+                    squared_error += float(np.square(diff).sum())
+                    values += diff.size
+                if i >= wanted[-1]:
+                    break
+    total_bytes = sum(entry_path(prepared_root, v).stat().st_size for v in videos)
+    mse = squared_error / max(values, 1)
+    return {"store_gb_per_hour": round(total_bytes / seconds * 3600 / 1e9, 3) if seconds else None,
+            "store_psnr_db": round(float(10 * np.log10(255**2 / mse)), 2) if mse > 0 else None,
+            "store_bytes_per_frame": round(total_bytes / frames) if frames else None,
+            "store_encoding": {k: store.info.get(k) for k in ("format", "short_side", "jpeg_quality", "chroma")}}

@@ -4,12 +4,15 @@ Each test item holds V views of one video (temporal-major); the model scores all
 softmax probabilities are averaged over them. Under torchrun every rank scores its share
 and the per-video rows are gathered and de-duplicated by index (DistributedSampler pads the
 last share with repeats), so the numbers equal those of one process. Videos that could not
-be read are left out of the accuracy and listed under `unreadable`.
+be read are left out of the accuracy and listed under `unreadable`. `stadapt eval` runs the
+model as CUDA graphs (runtime.inference_forward) and, from a prepared store on a GPU, decodes
+the JPEGs there (stadapt.data.gpu_decode); the report records both and the clips/s.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from stadapt.data.dataset import build_dataset
+from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decoded_batches, resolve_decode
 from stadapt.data.transforms import normalize
 from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
@@ -32,8 +36,10 @@ from stadapt.engine.protocol import data_fingerprint, eval_protocol
 from stadapt.engine.stream import eval_loader
 from stadapt.errors import DataError, RecipeError
 from stadapt.fileio import atomic_write_text
-from stadapt.model.runtime import autocast, configure_backends, place_model
+from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
 from stadapt.recipe import Recipe, apply_override, head_sizes, recipe_from_dict
+
+UNTIMED_BATCHES = 2  # left out of clips_per_s: the workers' start, compilation, CUDA graph capture
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Predictions:
     probs: dict[str, torch.Tensor]  # head -> N×C, averaged over views
     labels: dict[str, torch.Tensor]  # head -> N
     ok: torch.Tensor  # N bool: False where the video could not be read
+    decode: str = "cpu"  # where the clips were decoded: cpu (loader workers) or gpu
+    clips_per_s: Optional[float] = None  # all ranks, after UNTIMED_BATCHES
 
 
 def micro_batch_size(recipe: Recipe, world_size: int) -> int:
@@ -52,34 +60,51 @@ def micro_batch_size(recipe: Recipe, world_size: int) -> int:
 
 
 @torch.no_grad()
-def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext) -> Predictions:
-    """Score every video of `dataset` (all ranks take part; every rank gets the full result)."""
+def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext, decode: str = "cpu",
+                  graphs: bool = False) -> Predictions:
+    """Score every video of `dataset` (all ranks take part; every rank gets the full result).
+    decode = gpu: the loader reads the store's JPEGs and the device decodes them; with `graphs`,
+    the model runs as CUDA graphs (when recipe.train.compile and on CUDA)."""
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
     videos_per_batch = max(1, 2 * micro_batch_size(recipe, ctx.world_size) // views)  # no activations kept
-    pin = ctx.device.type == "cuda"
-    loader = eval_loader(dataset, ctx, videos_per_batch, min(recipe.train.workers, 4), pin)
+    on_gpu = decode == "gpu"
+    source = StoredJpegClips(dataset) if on_gpu else dataset
+    pin = ctx.device.type == "cuda" and not on_gpu  # pinning hundreds of small JPEGs costs more than it saves
+    loader = eval_loader(source, ctx, videos_per_batch, min(recipe.train.workers, 4), pin,
+                         collate_fn=collate_jpegs if on_gpu else None)
+    forward = inference_forward(model, graphs and recipe.train.compile, ctx.device, videos_per_batch * views)
     sizes = head_sizes(recipe.model)
     heads = list(sizes)
     was_training = model.training
     model.eval()
     indices, oks, labels, probs = [], [], {h: [] for h in heads}, {h: [] for h in heads}
-    for batch in loader:
-        clips = batch["clip"].to(ctx.device, non_blocking=True)
+    timed_clips, start, untimed = 0, None, UNTIMED_BATCHES
+    batches = (decoded_batches(loader, recipe.data, ctx.device) if on_gpu else
+               ((b, b["clip"].to(ctx.device, non_blocking=True), b["ok"].bool()) for b in loader))
+    for batch, clips, ok in batches:
         n, v = clips.shape[:2]
         x = normalize(clips.flatten(0, 1), model.image_mean, model.image_std)
         with autocast(ctx.device, recipe.train.precision):
-            out = model(x)
+            out = forward(x)
         out = out if isinstance(out, dict) else {heads[0]: out}
         for head in heads:
             probs[head].append(F.softmax(out[head].float(), dim=-1).view(n, v, -1).mean(dim=1).cpu())
             label = batch["label"][head] if isinstance(batch["label"], dict) else batch["label"]
             labels[head].append(label.long())
         indices.append(batch["index"].long())
-        oks.append(batch["ok"].bool())
+        oks.append(ok.cpu())
+        if untimed:
+            untimed -= 1
+            start = time.perf_counter()  # the .cpu() above waited for the device
+        else:
+            timed_clips += n * v
+    rate = timed_clips * ctx.world_size / (time.perf_counter() - start) if timed_clips else None
     model.train(was_training)
     local = Predictions(_cat(indices, torch.long), {h: _cat(p, torch.float32, sizes[h]) for h, p in probs.items()},
                         {h: _cat(lab, torch.long) for h, lab in labels.items()}, _cat(oks, torch.bool))
-    return _gather(ctx, local)
+    gathered = _gather(ctx, local)
+    gathered.decode, gathered.clips_per_s = decode, None if rate is None else round(rate, 2)
+    return gathered
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype, width: Optional[int] = None) -> torch.Tensor:
@@ -123,6 +148,8 @@ def summarize(preds: Predictions, dataset: Dataset, recipe: Recipe, split: str) 
         "views": {"temporal": recipe.data.test_views.temporal, "spatial": recipe.data.test_views.spatial},
         "num_frames": recipe.data.num_frames,
         "unreadable": {"count": len(bad), "names": [video_name(dataset, i) for i in bad]},
+        "decode": preds.decode,
+        "clips_per_s": preds.clips_per_s,
     }
 
 
@@ -146,9 +173,9 @@ def write_reports(run_dir: Path, split: str, report: dict[str, Any], preds: Pred
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext, split: str,
-                   run_dir: Optional[Path] = None) -> dict[str, Any]:
+                   run_dir: Optional[Path] = None, decode: str = "cpu", graphs: bool = False) -> dict[str, Any]:
     """Score a split; with `run_dir`, rank 0 also writes the reports there."""
-    preds = predict_split(model, dataset, recipe, ctx)
+    preds = predict_split(model, dataset, recipe, ctx, decode, graphs)
     report = summarize(preds, dataset, recipe, split)
     report["protocol"] = eval_protocol(model, recipe)
     report["data_fingerprint"] = data_fingerprint(recipe.data.root, split, report["unreadable"]["count"])
@@ -186,8 +213,10 @@ def check_classes(dataset: Dataset, trained: dict[str, list[str]], where: str) -
                             f"trained on ({len(found)} vs {len(names)} names)")
 
 
-def run_eval(run_dir: Path, split: str = "val", overrides: Iterable[str] = ()) -> Optional[dict[str, Any]]:
-    """`stadapt eval`: score a trained run on a split, write its reports; the report on rank 0."""
+def run_eval(run_dir: Path, split: str = "val", overrides: Iterable[str] = (),
+             decode: str = "auto") -> Optional[dict[str, Any]]:
+    """`stadapt eval`: score a trained run on a split, write its reports; the report on rank 0.
+    decode: auto (gpu on CUDA with a prepared store, else cpu), cpu or gpu."""
     from stadapt.model.artifact import load_model
 
     ctx = distributed.setup()
@@ -199,7 +228,8 @@ def run_eval(run_dir: Path, split: str = "val", overrides: Iterable[str] = ()) -
         check_input_size(model, recipe)
         dataset = build_dataset(recipe, split, train=False)
         check_classes(dataset, model.class_names, f"{recipe.data.root} ({split})")
-        report = evaluate_model(model, dataset, recipe, ctx, split, run_dir=Path(run_dir))
+        where = resolve_decode(decode, dataset, ctx.device)
+        report = evaluate_model(model, dataset, recipe, ctx, split, run_dir=Path(run_dir), decode=where, graphs=True)
         distributed.barrier(ctx)
         return report if ctx.is_main else None
     finally:

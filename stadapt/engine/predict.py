@@ -28,7 +28,7 @@ from stadapt.data.transforms import normalize
 from stadapt.engine.evaluate import check_input_size, micro_batch_size
 from stadapt.engine.rundir import LATEST, TRAIN_DATA_FILE, read_train_data
 from stadapt.errors import RecipeError, StadaptError
-from stadapt.model.runtime import autocast, place_model
+from stadapt.model.runtime import autocast, inference_forward, place_model
 from stadapt.model.video_vit import VideoClassifier
 from stadapt.recipe import Recipe, recipe_from_dict
 
@@ -120,6 +120,11 @@ class Predictor:
         place_model(self.model, self.device, self.recipe.train.precision)
         check_input_size(self.model, self.recipe)
         self.heads = list(self.model.class_names)
+        views = self.recipe.data.test_views.temporal * self.recipe.data.test_views.spatial
+        self.videos_per_batch = max(1, 2 * micro_batch_size(self.recipe, 1) // views)  # as eval
+        # CUDA graphs of one batch shape: a short last batch is padded up to it.
+        self.forward = inference_forward(self.model, self.recipe.train.compile, self.device,
+                                         batch_size=self.videos_per_batch * views)
 
     @torch.no_grad()
     def score(self, samples: list[Sample]) -> Iterator[Optional[dict[str, torch.Tensor]]]:
@@ -132,7 +137,7 @@ class Predictor:
         recipe = self.recipe
         dataset = VideoDataset(samples, self.model.class_names, recipe.data, train=False, seed=recipe.train.seed)
         views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
-        per_batch = max(1, 2 * micro_batch_size(recipe, 1) // views)  # videos per forward pass, as eval
+        per_batch = self.videos_per_batch
         workers = min(recipe.train.workers, 4) if len(samples) > 2 else 0
         loader = DataLoader(dataset, batch_size=per_batch, num_workers=workers,
                             pin_memory=self.device.type == "cuda")
@@ -143,7 +148,7 @@ class Predictor:
                 clips = batch["clip"][ok].to(self.device, non_blocking=True)
                 x = normalize(clips.flatten(0, 1), self.model.image_mean, self.model.image_std)
                 with autocast(self.device, recipe.train.precision):
-                    out = self.model(x)
+                    out = self.forward(x)
                 out = out if isinstance(out, dict) else {self.heads[0]: out}
                 probs = {h: F.softmax(out[h].float(), dim=-1).view(int(ok.sum()), views, -1).mean(dim=1).cpu()
                          for h in self.heads}

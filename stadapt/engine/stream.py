@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -149,9 +149,11 @@ def _map_tensors(labels: torch.Tensor | dict[str, torch.Tensor], fn):
     return fn(labels)
 
 
-def eval_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+def eval_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, pin_memory: bool,
+                collate_fn: Optional[Callable] = None) -> DataLoader:
     """Each rank a strided share of the split; DistributedSampler pads it with repeats."""
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False,
                                  drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, worker_init_fn=_quiet_worker, generator=torch.Generator())
+                      pin_memory=pin_memory, worker_init_fn=_quiet_worker, generator=torch.Generator(),
+                      collate_fn=collate_fn)

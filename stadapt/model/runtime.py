@@ -6,7 +6,11 @@ What the fast path does, each bought by measurement (benchmarks/results/, README
 - the model is compiled with torch.compile, static shapes (inductor fuses LayerNorm,
   QuickGELU, the residual adds and the adapter's time-shifted sums, and its min-cut
   partitioner saves less for backward); if compilation fails the model runs eagerly,
-  with one warning.
+  with one warning;
+- inference (predict, eval, explain, bench model's latency) replays CUDA graphs
+  (`inference_forward`, torch.compile mode="reduce-overhead"): at batch 1 the step is
+  bound by kernel launches, which a graph replay removes. If graphs cannot be captured it
+  runs the plain compiled model, then the eager one.
 The model itself contributes the rest of the fast path (`model.impl = "fast"`): the
 adapter's time-shifted sums, the patch embedding as one matrix product and the CLS-only
 last block (stadapt.model.adapter, stadapt.model.video_vit).
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -68,28 +72,76 @@ def place_model(model: nn.Module, device: torch.device, precision: str) -> nn.Mo
     return model
 
 
-def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> Callable[..., Any]:
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # modes for training and batch throughput
+
+
+def maybe_compile(model: nn.Module, enabled: bool, device: torch.device, mode: str = "default") -> Callable[..., Any]:
     """torch.compile on CUDA when enabled; the eager model otherwise or when compiling fails."""
     if not enabled or device.type != "cuda":
         return model
-    return _CompiledWithFallback(model)
+    return _CompiledWithFallback(model, (mode,))
+
+
+def inference_forward(model: nn.Module, enabled: bool, device: torch.device,
+                      batch_size: Optional[int] = None) -> Callable[..., Any]:
+    """The model for inference: CUDA graphs of the compiled model on CUDA when enabled, the
+    model itself otherwise. Runs without autograd and returns outputs of its own (a graph
+    replay overwrites its outputs, so they are cloned). With `batch_size`, a smaller batch
+    (the last of an eval) is padded up to it, so that no second graph is compiled for it."""
+    if not enabled or device.type != "cuda":
+        return model
+    return _CompiledWithFallback(model, ("reduce-overhead", "default"), inference=True, batch_size=batch_size)
 
 
 class _CompiledWithFallback:
-    """Calls the compiled model; on a compiler error warns once and stays eager."""
+    """Calls the model compiled in the first of `modes`; on an error of the compiler (or, for
+    inference, of graph capture) warns once and moves to the next mode, after the last to the
+    eager model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modes: Sequence[str], inference: bool = False,
+                 batch_size: Optional[int] = None, compile_fn: Callable[..., Any] = torch.compile) -> None:
         self.model = model
+        self.modes = list(modes)
+        self.inference = inference
+        self.batch_size = batch_size
+        self._compile_fn = compile_fn
+        self.mode: Optional[str] = None
+        self.compiled: Callable[..., Any] | None = None
+        self._next_mode()
+
+    def _next_mode(self) -> None:
+        self.mode = self.modes.pop(0) if self.modes else None
         # Static shapes: a second batch size (latency at 1, throughput at 32, a last partial
         # batch) gets its own specialised graph instead of one slower symbolic-shape graph.
-        self.compiled: Callable[..., Any] | None = torch.compile(model, dynamic=False)
+        options = {} if self.mode in (None, "default") else {"mode": self.mode}
+        self.compiled = None if self.mode is None else self._compile_fn(self.model, dynamic=False, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.compiled is not None:
+        if not self.inference:
+            return self._run(*args, **kwargs)
+        x, rest = args[0], args[1:]
+        n = x.shape[0]
+        if self.batch_size is not None and n < self.batch_size:
+            x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+        with torch.no_grad():
+            out = self._run(x, *rest, **kwargs)
+        if isinstance(out, dict):
+            return {name: value[:n].clone() for name, value in out.items()}
+        return out[:n].clone()
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        # inductor/triton could not build it; in inference also: a CUDA graph could not be captured.
+        # Training raises any other error, as the eager model would.
+        failures = (torch._dynamo.exc.BackendCompilerFailed, RuntimeError) if self.inference else \
+            (torch._dynamo.exc.BackendCompilerFailed,)
+        while self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
-            except torch._dynamo.exc.BackendCompilerFailed as exc:  # inductor/triton could not build
-                warnings.warn(f"torch.compile failed, running eagerly: {first_line(exc, 200)}",
-                              stacklevel=2)
-                self.compiled = None
+            except torch.OutOfMemoryError:
+                raise
+            except failures as exc:
+                then = f"trying mode {self.modes[0]}" if self.modes else "running eagerly"
+                warnings.warn(f"torch.compile (mode {self.mode}) failed, {then}: {first_line(exc, 200)}",
+                              stacklevel=3)
+                self._next_mode()
         return self.model(*args, **kwargs)

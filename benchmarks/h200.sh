@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The H200 figures of the README in one call of at most ~9 minutes, every result under OUT
+# (default benchmarks/results). Each part runs under its own time limit and the whole under
+# BUDGET_S (default 530 s); a part that fails or runs out of time is logged and the next one
+# starts. PARTS picks and orders the parts (default: model eval tests loader autotune gputests):
+#   model     `stadapt bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3`, batch 32:
+#             latency at batch 1 on CUDA graphs, training/inference against the reference path,
+#             adapter overhead, with --profile
+#   eval      `stadapt eval` end to end, 3 temporal views, on `prepare synthetic --frames 300
+#             --size 340x256 --decode` data, at most 4 loader workers: GPU JPEG decoding, then CPU
+#             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
+#   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
+#   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
+#   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode)
+#   gputests  the rest of tests/test_gpu.py (fast path against fp32, side-stream copies)
+#   freezing  (not in the default PARTS) bench model with TORCHINDUCTOR_FREEZING=1: inductor folds the
+#             frozen weights into the inference graphs (candidate for inference and latency only)
+# At most 8 files come back from the GPU machine: h200.log plus at most 7 JSON files.
+# Missing pure-Python packages (open_clip, typer, av, decord) travel as wheels in .whl/.
+set -u
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+LOG="$OUT/h200.log"
+exec > >(tee -a "$LOG") 2>&1
+export PYTHONUNBUFFERED=1
+DEADLINE=$(( $(date +%s) + ${BUDGET_S:-530} ))
+PY=${PYTHON:-python3}
+DAY=$(date -u +%Y%m%d)
+DATA=data/k400like
+RUN=runs/k400like-untrained
+EVAL_SPLIT=evalrepeat  # the prepared videos listed REPEAT times, so eval runs long enough to time
+REPEAT=${REPEAT:-120}
+PARTS=${PARTS:-model eval tests loader autotune gputests}
+
+# part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, time left); its exit status is logged.
+part() {
+    local name=$1 want=$2 left limit rc
+    shift 2
+    left=$(( DEADLINE - $(date +%s) ))
+    if [ "$left" -lt 25 ]; then echo "== $name: skipped (${left}s left)"; return 0; fi
+    limit=$(( want < left ? want : left ))
+    echo "== $name: start $(date -u +%T), limit ${limit}s"
+    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@"
+    rc=$?
+    echo "== $name: exit $rc$( [ $rc = 124 ] && echo ' (out of time)') at $(date -u +%T)"
+    return 0
+}
+
+echo "== h200.sh $(date -u +%FT%TZ) parts: $PARTS"
+nvidia-smi -L || true
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=${PYTHONPATH:-}
+$PY -c "import torch, torchvision, open_clip, av, decord, typer; print('torch', torch.__version__, 'torchvision',
+torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" || echo "== imports failed"
+STADAPT="$PY -m stadapt"
+
+model_part() {
+    $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 --profile \
+        --out "$OUT/model-k400_vitb-cuda-h200-$DAY.json"
+}
+
+prepare_data() {
+    [ -f "$DATA/store/info.json" ] || $STADAPT prepare synthetic "$DATA/videos" --out "$DATA" --classes 4 \
+        --videos-per-class 3 --frames 300 --size 340x256 --decode --workers "$(nproc)" || return 1
+    $PY - "$DATA" "$EVAL_SPLIT" "$REPEAT" <<'EOF'
+import sys
+from pathlib import Path
+root, split, repeat = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+lines = [(root / f"{s}.csv").read_text().splitlines() for s in ("train", "val")]
+rows = lines[0][1:] + lines[1][1:]
+(root / f"{split}.csv").write_text("\n".join([lines[0][0]] + rows * repeat) + "\n")
+print(f"{root / split}.csv: {len(rows)} videos x {repeat}")
+EOF
+}
+
+untrained_run() {  # a K400-recipe run directory with random adapters: eval's speed does not depend on them
+    $PY - "$DATA" "$RUN" <<'EOF'
+import sys
+from pathlib import Path
+import stadapt
+from stadapt.data.manifest import PreparedDataset
+from stadapt.model.artifact import save_adapter
+data, run = sys.argv[1], Path(sys.argv[2])
+names = PreparedDataset.open(data).classes("label")
+recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={data}", "data.source=prepared",
+                                           f"model.num_classes={len(names)}", "train.batch_size=48", "train.workers=4"])
+run.mkdir(parents=True, exist_ok=True)
+(run / "recipe.yaml").write_text(recipe.to_yaml())
+print(save_adapter(stadapt.build_model(recipe), run / "adapter.safetensors", recipe, {"label": names}))
+EOF
+}
+
+eval_with() {  # eval_with cpu|gpu: the eval report, copied to OUT
+    $STADAPT eval "$RUN" --split "$EVAL_SPLIT" --decode "$1" \
+        && cp "$RUN/eval-$EVAL_SPLIT.json" "$OUT/eval-k400like-$1-cuda-h200-$DAY.json"
+}
+
+eval_vs_model() {  # eval clips/s over bench model's inference clips/s at eval's batch, written into the eval JSONs
+    $PY - "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json" "$OUT"/eval-k400like-*-cuda-h200-"$DAY".json <<'EOF'
+import json, sys
+model = json.load(open(sys.argv[1]))
+for path in sys.argv[2:]:
+    report = json.load(open(path))
+    report["model_only_clips_s"] = model["throughput_clips_s"]
+    report["model_only_batch"] = model["batch_size"]
+    report["eval_vs_model"] = round(report["clips_per_s"] / model["throughput_clips_s"], 4) if report["clips_per_s"] else None
+    json.dump(report, open(path, "w"), indent=2)
+    print(f"{path}: decode {report['decode']}, {report['clips_per_s']} clips/s, eval_vs_model {report['eval_vs_model']}")
+EOF
+}
+
+export OUT DAY DATA RUN EVAL_SPLIT REPEAT PY STADAPT PYTHONPATH
+export -f model_part prepare_data untrained_run eval_with eval_vs_model
+for p in $PARTS; do
+    case $p in
+        model) part model 240 model_part ;;
+        eval)
+            part prepare 120 prepare_data
+            part untrained-run 60 untrained_run
+            part eval-gpu 120 eval_with gpu
+            # eval's batch: 2 x train.batch_size 48 // 3 views = 32 videos = 96 clips
+            part model-b96 200 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
+                --batch-size 96 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json"
+            part eval-cpu 100 eval_with cpu
+            part eval-vs-model 20 eval_vs_model ;;
+        tests) part tests 150 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
+                   -k "graph_captured or jpeg_decoding" ;;
+        loader)
+            part prepare 90 prepare_data
+            part loader 90 $STADAPT bench loader --recipe k400_vitb --set "data.root=$DATA" --workers 1 \
+                --out "$OUT/loader-k400_vitb-1worker-h200node-$DAY.json" ;;
+        autotune) part autotune 300 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
+                      --compile-mode max-autotune-no-cudagraphs --out "$OUT/model-k400_vitb-cuda-h200-$DAY-autotune.json" ;;
+        gputests) part gputests 240 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
+                      -k "not graph_captured and not jpeg_decoding" ;;
+        freezing) part freezing 300 env TORCHINDUCTOR_FREEZING=1 $STADAPT bench model --recipe k400_vitb --device cuda \
+                      --steps 10 --warmup 3 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-freezing.json" ;;
+        *) echo "== unknown part $p" ;;
+    esac
+done
+echo "== done $(date -u +%T); files in $OUT:"
+ls -la "$OUT"
+sleep 1  # let tee write the end of the log

@@ -1,0 +1,163 @@
+"""Test clips decoded on the GPU: loader workers only read the store's JPEG bytes; the main
+process decodes a whole batch at once with nvJPEG (torchvision.io.decode_jpeg on a list, on
+the device), then resizes and crops there.
+
+On one CPU core the store's 340×256 JPEGs decode at about 1,000 frames/s, while inference at
+batch 32 on an H200 consumes about 11,500; batched nvJPEG decodes about 25,000 (docs/
+performance.md). The views are those of EvalTransform: the short side scaled to
+data.test_resize (bilinear, antialiased, rounded back to uint8), then the spatial crops; they
+equal the CPU path's up to the rounding of the two JPEG decoders and resamplers. A thread
+decodes the next batches on a side stream while the model computes the current one
+(`decoded_batches`): decoding in turn with the model would add its whole time to each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, default_collate
+from torchvision.io import decode_jpeg
+
+from stadapt.data.dataset import VideoDataset, _warn_once
+from stadapt.data.decode import VideoReadError
+from stadapt.data.transforms import spatial_crops
+from stadapt.errors import DataError
+from stadapt.recipe import DataConfig
+
+DECODES = ("auto", "cpu", "gpu")
+
+
+def resolve_decode(decode: str, dataset: Dataset, device: torch.device) -> str:
+    """cpu or gpu: `auto` is gpu when the device is CUDA and the data comes from a prepared store."""
+    if decode not in DECODES:
+        raise DataError(f"--decode {decode!r}: expected one of {', '.join(DECODES)}")
+    stored = getattr(dataset, "store", None) is not None
+    if decode == "gpu" and (device.type != "cuda" or not stored):
+        raise DataError("--decode gpu: needs a CUDA device and data.source = prepared "
+                        f"(here: {device.type}, data.source = {'prepared' if stored else 'raw'})")
+    if decode == "auto":
+        return "gpu" if device.type == "cuda" and stored else "cpu"
+    return decode
+
+
+class StoredJpegClips(Dataset):
+    """The test items of a VideoDataset over a store, with the JPEGs of their frames instead of
+    decoded clips: {"jpegs": [1-d uint8 tensors, views' frames in order], "label", "index", "ok"}."""
+
+    def __init__(self, dataset: VideoDataset):
+        if dataset.store is None or dataset.train:
+            raise ValueError("StoredJpegClips reads the test items of a dataset with a frame store")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ds = self.dataset
+        sample = ds.samples[index]
+        try:
+            with ds.store.open(sample.path) as entry:
+                jpegs, ok = entry.read_jpegs(ds.test_frames(sample)(entry.num_frames)), True
+        except VideoReadError as exc:
+            _warn_once(sample.path, exc)
+            jpegs, ok = [], False
+        item = ds._item(index, torch.empty(0), ok, 0)
+        del item["clip"]
+        return {"jpegs": jpegs, **item}
+
+
+def collate_jpegs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch: the JPEG lists as they are (one per video), everything else collated as usual."""
+    rest = default_collate([{k: v for k, v in item.items() if k != "jpegs"} for item in items])
+    return {"jpegs": [item["jpegs"] for item in items], **rest}
+
+
+def decode_clips(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor, data: DataConfig,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 N×V×3×T×S×S clips on `device`, ok): one batched decode of every frame, then each
+    video's views. A video whose JPEGs fail to decode becomes not ok (zeros), as the CPU path
+    reports an unreadable video."""
+    d = data
+    views = d.test_views.temporal * d.test_views.spatial
+    ok = ok.clone().bool()
+    out = torch.zeros((len(jpegs), views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8, device=device)
+    frames = _decode_all(jpegs, ok, device)
+    for i, video in enumerate(frames):
+        if video is not None:
+            out[i] = eval_views(torch.stack(video), d)
+    return out, ok
+
+
+def _decode_all(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor,
+                device: torch.device) -> list[Optional[list[torch.Tensor]]]:
+    """Decoded frames per video (None where not ok); one call for the batch, per video on a failure."""
+    wanted = [i for i, video in enumerate(jpegs) if ok[i] and len(video)]
+    ok[[i for i in range(len(jpegs)) if i not in wanted]] = False
+    result: list[Optional[list[torch.Tensor]]] = [None] * len(jpegs)
+    try:
+        flat = decode_jpeg([j for i in wanted for j in jpegs[i]], device=device)
+    except RuntimeError:  # a damaged JPEG fails the whole call: find the video it belongs to
+        for i in wanted:
+            try:
+                result[i] = decode_jpeg(list(jpegs[i]), device=device)
+            except RuntimeError:
+                ok[i] = False
+        return result
+    start = 0
+    for i in wanted:
+        result[i] = flat[start:start + len(jpegs[i])]
+        start += len(jpegs[i])
+    return result
+
+
+def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
+    """EvalTransform on the frames' own device: T'×3×H×W uint8 (temporal views one after the
+    other) → V×3×T×crop×crop uint8, temporal-major as VideoDataset's test items."""
+    d = data
+    h, w = frames.shape[-2:]
+    short = min(h, w)
+    size = (round(h * d.test_resize / short), round(w * d.test_resize / short))
+    if size != (h, w):
+        frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        frames = frames.round_().clamp_(0, 255).to(torch.uint8)
+    t = d.num_frames
+    return torch.cat([torch.stack([view.permute(1, 0, 2, 3) for view in
+                                   spatial_crops(frames[k * t:(k + 1) * t], d.crop, d.test_views.spatial)])
+                      for k in range(d.test_views.temporal)])
+
+
+def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
+                    ahead: int = 2) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips in a thread
+    up to `ahead` batches in advance (on CUDA, on a side stream the caller's stream waits for)."""
+    done = object()
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def decode_ahead() -> None:
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for batch in loader:
+                    clips, ok = decode_clips(batch["jpegs"], batch["ok"], data, device)
+                    event = side.record_event() if side is not None else None
+                    ready.put((batch, clips, ok, event))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+            return
+        ready.put(done)
+
+    threading.Thread(target=decode_ahead, name="stadapt-gpu-decode", daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        batch, clips, ok, event = item
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            clips.record_stream(current)  # allocated on the side stream, used on this one
+        yield batch, clips, ok
