@@ -257,7 +257,8 @@ def profile_summary(figures: dict[str, Any], batch_size: int) -> dict[str, dict[
         products_tflops = None
         if phase == "inference" and ms["matrix products"] > 0:
             gflops = figures["executed_gflops_by_kind"]["matrix products"]
-            products_tflops = round(gflops * batch_size / ms["matrix products"], 1)  # GFLOP/ms = TFLOP/s
+            # GFLOP/ms = TFLOP/s; three decimals, so that a tiny model's CPU rate does not round to 0
+            products_tflops = round(gflops * batch_size / ms["matrix products"], 3)
         only_products_and_attention = round(batch_size / compute * 1e3, 1) if compute else None
         summary[phase] = {**ms, "total": round(sum(ms.values()), 3), "matrix_products_tflops": products_tflops,
                           "clips_s_if_only_products_and_attention": only_products_and_attention}
