@@ -36,7 +36,8 @@ from stadapt.data.manifest import PreparedDataset
 from stadapt.data.sampling import clip_indices
 from stadapt.data.store import FrameStore, write_store
 from stadapt.fileio import atomic_write_text
-from stadapt.loader_bench import _cpu_name, bench_loader
+from stadapt.bench.loader import bench_loader
+from stadapt.bench.results import cpu_name
 from stadapt.recipe import load_recipe
 
 # (label, short side, JPEG quality, chroma); the first is the format-1 store's encoding.
@@ -172,7 +173,7 @@ def main() -> None:
                    **short_gop_store(prepared, samples, recipe, args.work / name, gop, args.clips)}
             print(json.dumps(row), flush=True)
             results.append(row)
-    meta = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+    meta = {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "av": av.__version__,
                          "pillow": PIL.__version__, "numpy": np.__version__}}
     out = {"benchmark": "store options", "rows": results, **meta, "device": "cpu",

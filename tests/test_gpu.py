@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import stadapt
-from stadapt.bench import cudagraph_skips
+from stadapt.bench.model import cudagraph_skips
 from stadapt.model.build import set_impl
 from stadapt.model.runtime import autocast, inference_forward, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
