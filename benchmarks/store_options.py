@@ -31,13 +31,13 @@ import PIL
 import torch
 from PIL import Image
 
+from stadapt.bench.loader import bench_loader
+from stadapt.bench.results import cpu_name
 from stadapt.data.encode import write_video
 from stadapt.data.manifest import PreparedDataset
 from stadapt.data.sampling import clip_indices
 from stadapt.data.store import FrameStore, write_store
 from stadapt.fileio import atomic_write_text
-from stadapt.bench.loader import bench_loader
-from stadapt.bench.results import cpu_name
 from stadapt.recipe import load_recipe
 
 # (label, short side, JPEG quality, chroma); the first is the format-1 store's encoding.
