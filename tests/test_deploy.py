@@ -128,7 +128,7 @@ def test_exported_files_compute_the_pytorch_logits(trained_run, impl, tmp_path, 
     assert (sidecar["num_frames"], sidecar["crop"], sidecar["sampling"]) == (FRAMES, 64, "uniform")
     assert sidecar["impl"] == impl
     assert sidecar["input"]["shape"] == ["N", 3, FRAMES, 64, 64] and sidecar["outputs"][0]["num_classes"] == CLASSES
-    assert sidecar["backbone"] == {"backbone": "stadapt-tiny-vit", "pretrained": "none"}
+    assert sidecar["backbone"] == {"backbone": "stadapt-tiny-vit", "pretrained": "none", "library": "open_clip"}
 
 
 def test_a_model_with_two_heads_exports_one_output_per_head(trained_run, tmp_path):
