@@ -96,7 +96,7 @@ def add_axis_columns(row: Row, run: VariantRun, axis: Axis) -> None:
     elif axis.name == "steps":
         row.x = recipe.train.steps
         row.fields["steps"] = recipe.train.steps
-        row.shown["steps"] = f"{recipe.train.steps:,}"
+        row.shown["train steps"] = f"{recipe.train.steps:,}"
     elif axis.name == "data":
         row.x = 100 * recipe.data.train_fraction
         videos = training_videos(recipe)
@@ -200,14 +200,17 @@ def results_table(ablation: Ablation, rows: list[Row]) -> Table:
     return table
 
 
-def _wide_table(title: str, axis_name: str, rows: list[Row]) -> Table:
+def _wide_grid(axis_name: str, rows: list[Row], percent: str) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of a table with one row per value and each method's top-1, top-5
+    (and GFLOPs) in its own columns; `percent` is how a column name says "percent"."""
     methods, by_value = _wide(rows)
     shared = _value_columns(rows)
     per_method = [GFLOPS] if any(GFLOPS in r.shown for r in rows) else []
     columns = [axis_name, *shared]
     for method in methods:
-        columns += [f"{method} top-1 %", f"{method} top-5 %", *(f"{method} {name}" for name in per_method)]
-    table = Table(*columns, title=title, title_justify="left", caption="- : not finished (run the command again)")
+        columns += [f"{method} top-1 {percent}", f"{method} top-5 {percent}",
+                    *(f"{method} {name}" for name in per_method)]
+    lines = []
     for value, cells in by_value.items():
         first = next(iter(cells.values()))
         line = [value, *(first.shown.get(name, "") for name in shared)]
@@ -215,6 +218,14 @@ def _wide_table(title: str, axis_name: str, rows: list[Row]) -> Table:
             row = cells.get(method)
             line += [_fmt(row and row.top1, ".2f"), _fmt(row and row.top5, ".2f"),
                      *((row.shown.get(name, "-") if row else "-") for name in per_method)]
+        lines.append(line)
+    return columns, lines
+
+
+def _wide_table(title: str, axis_name: str, rows: list[Row]) -> Table:
+    columns, lines = _wide_grid(axis_name, rows, "%")
+    table = Table(*columns, title=title, title_justify="left", caption="- : not finished (run the command again)")
+    for line in lines:
         table.add_row(*line)
     return table
 
@@ -273,22 +284,9 @@ def write_markdown(path: Path, ablation: Ablation, rows: list[Row]) -> None:
 
 def _wide_markdown(axis_name: str, rows: list[Row]) -> list[str]:
     """One row per value, top-1 (top-5) of each method in its own column."""
-    methods, by_value = _wide(rows)
-    shared = _value_columns(rows)
-    per_method = any(GFLOPS in r.shown for r in rows)
-    heads = [axis_name, *shared]
-    for method in methods:
-        heads += [f"{method} top-1 (%)", f"{method} top-5 (%)", *([f"{method} {GFLOPS}"] if per_method else [])]
+    heads, cells = _wide_grid(axis_name, rows, "(%)")
     lines = [f"| {' | '.join(heads)} |", f"| {' | '.join(['---'] + ['---:'] * (len(heads) - 1))} |"]
-    for value, cells in by_value.items():
-        first = next(iter(cells.values()))
-        line = [value, *(first.shown.get(name, "") for name in shared)]
-        for method in methods:
-            row = cells.get(method)
-            line += [_fmt(row and row.top1, ".2f"), _fmt(row and row.top5, ".2f"),
-                     *([row.shown.get(GFLOPS, "-") if row else "-"] if per_method else [])]
-        lines.append(f"| {' | '.join(line)} |")
-    return lines
+    return lines + [f"| {' | '.join(line)} |" for line in cells]
 
 
 def chance_percent(ablation: Ablation) -> Optional[float]:

@@ -166,7 +166,7 @@ def plot_attention(path: Path, clip: torch.Tensor, frame_ids: list[int], before:
     fig, axes = plt.subplots(3, count, figsize=(1.6 * count + 1.2, 5.2), squeeze=False, constrained_layout=True)
     image = None
     for col in range(count):
-        for row, (label, maps) in enumerate((("frame", None), ("before", before), ("ST-Adapter", after))):
+        for row, (label, maps) in enumerate((("frame", None), ("before", before), ("adapted", after))):
             ax = axes[row][col]
             ax.imshow(frames[col])
             if maps is not None:
