@@ -29,7 +29,7 @@ def test_items_train_and_test(prepared_dir, source):
     assert train.num_samples == len(train) == 12 and train.class_names["label"][0] == "move_left"
     item = train[3]
     assert item["clip"].shape == (3, 8, 64, 64) and item["clip"].dtype == torch.uint8
-    assert (item["index"], item["ok"], item["skipped"]) == (3, True, 0) and isinstance(item["label"], int)
+    assert (item["index"], item["ok"], item["skipped"]) == (3, True, 0) and isinstance(item["label"]["label"], int)
     val = build_dataset(recipe, "val", train=False)
     item = val[0]
     assert item["clip"].shape == (6, 3, 8, 64, 64) and item["ok"]

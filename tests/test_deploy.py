@@ -20,7 +20,7 @@ from stadapt.data.decode import read_frames
 from stadapt.data.encode import write_video
 from stadapt.data.manifest import write_classes, write_manifest, write_report
 from stadapt.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic
-from stadapt.data.transforms import EvalTransform, normalize
+from stadapt.data.transforms import EvalTransform
 from stadapt.engine import predict as predict_module
 from stadapt.engine.export import ExportedClassifier, export_onnx
 from stadapt.engine.predict import Predictor, Timeline, expand_inputs, timeline_windows
@@ -107,7 +107,7 @@ def test_exported_files_compute_the_pytorch_logits(trained_run, impl, tmp_path, 
     model = load_model(run).eval()
     x = torch.randn(3, 3, FRAMES, 64, 64)  # another batch size than the one traced
     with torch.no_grad():
-        expected = model(x)
+        expected = model(x)["label"]
 
     assert main(["export", str(run), "--format", "onnx"]) == 0
     assert "model.onnx" in capsys.readouterr().out
@@ -265,7 +265,7 @@ def test_timeline_predicts_windows_and_plots_them(trained_run, long_video, tmp_p
         frames = torch.from_numpy(read_frames(long_video, range(FRAMES * i, FRAMES * (i + 1)))).permute(0, 3, 1, 2)
         clip = EvalTransform(model.recipe.data)(frames)
         with torch.no_grad():
-            probs = torch.softmax(model(normalize(clip, model.image_mean, model.image_std)), dim=-1)[0]
+            probs = torch.softmax(model(clip)["label"], dim=-1)[0]
         assert np.allclose([p["score"] for p in window["predictions"]],
                            [float(probs[p["index"]]) for p in window["predictions"]], atol=1e-5)
     assert main(["predict", str(long_video), "--model", str(trained_run), "--window-s", "1"]) == 2

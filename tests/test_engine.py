@@ -296,7 +296,7 @@ def test_checkpoint_loader_refuses_pickled_code_and_damaged_files(tmp_path, monk
 def test_non_finite_losses_skip_updates_then_stop(recipe_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_module, "classification_loss",
-                        lambda logits, labels: logits.sum() * float("nan"))
+                        lambda logits, labels: logits["label"].sum() * float("nan"))
     with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
         train(str(recipe_file), ["train.max_bad_steps=3"], out="run")
     events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]

@@ -17,7 +17,7 @@ import torch
 
 import stadapt
 from stadapt.bench.model import cudagraph_skips
-from stadapt.model.build import set_impl
+from stadapt.model.build import build_model, set_impl
 from stadapt.model.runtime import autocast, inference_forward, maybe_compile, place_model
 from stadapt.model.video_vit import VideoClassifier
 
@@ -40,7 +40,7 @@ def relative_error(value: torch.Tensor, exact: torch.Tensor) -> float:
 def randomised(recipe_name: str) -> tuple[VideoClassifier, stadapt.Recipe]:
     """The recipe's model with random backbone weights and random (non-identity) adapters."""
     recipe = stadapt.load_recipe(recipe_name, ["model.pretrained=none", "model.dropout=0"])
-    model = stadapt.build_model(recipe)
+    model = build_model(recipe)  # the engine's own: {head: logits}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad and "heads" not in name:
@@ -56,7 +56,7 @@ def logits_and_gradients(model: VideoClassifier, video: torch.Tensor, precision:
     if compile_model:
         assert forward is not model
     with autocast(device, precision):
-        logits = forward(video)
+        logits = forward(video)["label"]
     # Scaled so that fp16 gradients of the early blocks stay clear of underflow (no GradScaler here).
     (logits.float().square().mean() * LOSS_SCALE).backward()
     if compile_model:
@@ -122,17 +122,17 @@ def test_graph_captured_inference_matches_the_eager_model():
     device = torch.device("cuda")
     place_model(model, device, "bf16")
     model.eval()
-    videos = [torch.randn(4, 3, recipe.data.num_frames, recipe.data.crop, recipe.data.crop, device=device)
-              for _ in range(3)]
+    shape = (4, 3, recipe.data.num_frames, recipe.data.crop, recipe.data.crop)
+    videos = [torch.randint(0, 256, shape, dtype=torch.uint8, device=device) for _ in range(3)]  # as loaders give them
     with torch.no_grad(), autocast(device, "bf16"):
-        eager = [model(v).float() for v in videos]
-        eager_short = model(videos[2][:3]).float()
+        eager = [model(v)["label"].float() for v in videos]
+        eager_short = model(videos[2][:3])["label"].float()
     forward = inference_forward(model, True, device, batch_size=4)
     skips = cudagraph_skips()
     with autocast(device, "bf16"):
-        graphed = [forward(v) for v in videos]  # warm-up, capture, replay
-        again = forward(videos[0])
-        short = forward(videos[2][:3])
+        graphed = [forward(v)["label"] for v in videos]  # warm-up, capture, replay
+        again = forward(videos[0])["label"]
+        short = forward(videos[2][:3])["label"]
     assert forward.mode == "reduce-overhead", "fell back from CUDA graphs"
     assert cudagraph_skips() == skips, "inductor compiled without CUDA graphs (its log says why)"
     assert short.shape == (3, recipe.model.num_classes) and not again.requires_grad
@@ -146,7 +146,6 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
 
     from stadapt.data.dataset import build_dataset
     from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips
-    from stadapt.data.transforms import normalize
 
     recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4",
                                           "data.test_views.spatial=3", "data.test_resize=72"])
@@ -161,6 +160,6 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
 
     model = stadapt.build_model(recipe).cuda().eval()
     with torch.no_grad():
-        logits = [model(normalize(c.cuda().flatten(0, 1), model.image_mean, model.image_std)).float()
+        logits = [model(c.cuda().flatten(0, 1)).float()
                   for c in (clips, expected)]
     assert relative_error(logits[0], logits[1]) < 2e-2

@@ -13,6 +13,7 @@ from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips, decoded_batches, resolve_decode
 from stadapt.data.store import entry_path
 from stadapt.errors import DataError
+from stadapt.model.build import build_model
 
 
 def eval_dataset(prepared_dir, *overrides):
@@ -35,7 +36,7 @@ def test_batched_decode_gives_the_cpu_paths_clips(prepared_dir, views):
     assert ok.all() and clips.shape == expected.shape == (3, int(views[0]) * int(views[1]), 3, 8, 48, 48)
     difference = (clips.int() - expected.int()).abs()
     assert difference.max() <= 2 and difference.float().mean() < 0.5  # two resamplers' rounding
-    assert batch["label"].tolist() == [dataset[i]["label"] for i in batch["index"].tolist()]
+    assert batch["label"]["label"].tolist() == [dataset[i]["label"]["label"] for i in batch["index"].tolist()]
 
 
 def test_unreadable_and_damaged_videos_are_not_ok_and_the_rest_decode(prepared_dir, tmp_path):
@@ -92,7 +93,7 @@ def test_the_eval_loop_reports_where_it_decoded_and_its_clips_per_second(prepare
 
     dataset, recipe = eval_dataset(prepared_dir, "train.device_batch_size=1", "train.workers=0",
                                    "data.test_views.temporal=3")  # a video a batch
-    model = stadapt.build_model(recipe)
+    model = build_model(recipe)  # the engine's own, {head: logits}
     preds = predict_split(model, dataset, recipe, DistContext())
     assert preds.decode == "cpu" and preds.ok.all() and len(dataset) > UNTIMED_BATCHES
     assert preds.clips_per_s > 0

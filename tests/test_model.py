@@ -206,3 +206,33 @@ def test_packed_attention_of_the_first_queries_equals_those_rows_of_full_attenti
 def test_fast_equals_reference_for_every_method(method):
     fast, reference = fast_and_reference(tiny(f"model.method={method}"), clip())
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_normalises_uint8_pixels_with_its_backbones_mean_and_std():
+    model = tiny()
+    model.image_mean, model.image_std = (0.5, 0.5, 0.5), (0.25, 0.5, 0.5)
+    white = torch.full((2, 3, 4, 8, 8), 255, dtype=torch.uint8)
+    out = model.normalise(white)
+    assert out.dtype == torch.float32 and out.shape == white.shape and out.device == white.device
+    assert torch.allclose(out[:, 0], torch.tensor(2.0)) and torch.allclose(out[:, 1], torch.tensor(1.0))
+    x = clip()
+    assert model.normalise(x) is x  # float input is taken as normalised
+
+    pixels = torch.randint(0, 256, (2, 3, 4, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model(pixels), model(model.normalise(pixels)))
+
+
+def test_inside_stadapt_a_model_returns_a_dict_and_the_public_api_unwraps_one_head():
+    from stadapt.model.build import build_model
+
+    recipe = stadapt.load_recipe("k400_vitb", TINY + ["model.num_classes=5"])
+    internal, public = build_model(recipe).eval(), stadapt.build_model(recipe).eval()
+    public.load_state_dict(internal.state_dict())
+    x = clip()
+    with torch.no_grad():
+        logits = internal(x)
+        assert list(logits) == ["label"] and logits["label"].shape == (2, 5)
+        assert torch.equal(public(x), logits["label"]) and torch.equal(public.logits(x)["label"], logits["label"])
+        two = stadapt.build_model(stadapt.load_recipe("k400_vitb", TINY + ["model.num_classes={verb: 3, noun: 4}"]))
+        assert {h: t.shape for h, t in two.eval()(x).items()} == {"verb": (2, 3), "noun": (2, 4)}

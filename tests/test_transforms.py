@@ -8,7 +8,6 @@ from stadapt import recipe
 from stadapt.data.transforms import (
     EvalTransform,
     TrainTransform,
-    normalize,
     parse_randaugment,
     short_side_jitter,
     spatial_crops,
@@ -100,8 +99,3 @@ def test_test_resize_scales_the_short_side_first():
         EvalTransform(DataConfig(crop=224, test_resize=200))
 
 
-def test_normalize_to_float_on_the_tensor_device():
-    clips = torch.full((2, 3, 4, 8, 8), 255, dtype=torch.uint8)
-    out = normalize(clips, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5))
-    assert out.dtype == torch.float32 and out.shape == clips.shape and out.device == clips.device
-    assert torch.allclose(out[:, 0], torch.tensor(2.0)) and torch.allclose(out[:, 1], torch.tensor(1.0))

@@ -160,8 +160,9 @@ def _gflops(flops: int) -> float:
 
 
 def random_clips(recipe: Recipe, batch: int, device: torch.device) -> torch.Tensor:
+    """uint8 pixels, as the loaders hand them to the model (which normalises them itself)."""
     size = recipe.data.crop
-    return torch.randn(batch, 3, recipe.data.num_frames, size, size, device=device)
+    return torch.randint(0, 256, (batch, 3, recipe.data.num_frames, size, size), dtype=torch.uint8, device=device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -285,7 +286,7 @@ def training_step(model: VideoClassifier, forward: Callable, recipe: Recipe,
         optimizer.zero_grad(set_to_none=True)
         with autocast(clips.device, recipe.train.precision):
             out = forward(clips)
-            loss = classification_loss(out if isinstance(out, dict) else {"label": out}, labels)
+            loss = classification_loss(out, labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

@@ -116,9 +116,8 @@ class VideoDataset(Dataset):
 
     def _item(self, index: int, clip: torch.Tensor, ok: bool, skipped: int) -> dict[str, Any]:
         labels = self.samples[index].labels
-        one_head = list(self.class_names) == ["label"]
-        label: Any = labels["label"] if one_head else {h: labels[h] for h in self.class_names}
-        return {"clip": clip, "label": label, "index": index, "ok": ok, "skipped": skipped}
+        return {"clip": clip, "label": {h: labels[h] for h in self.class_names}, "index": index, "ok": ok,
+                "skipped": skipped}
 
 
 def _warn_once(path: Path, exc: Exception) -> None:

@@ -1,11 +1,11 @@
-"""The paper's (Table 8) spatial augmentations on uint8 clips, and normalisation.
+"""The paper's (Table 8) spatial augmentations on uint8 clips.
 
 A clip enters as T frames of 3×H×W uint8 (a T×3×H×W tensor or a list of frames, as the
 readers give them) and leaves as 3×T×S×S uint8 (training) or views×3×T×S×S (testing). Every
 frame of one clip gets the same crop, flip and RandAugment ops, so motion stays intact. Work
 on the CPU stays in uint8 and cuts the crop out before resizing, in one copy into the
-channels-last layout the fast uint8 resize kernel wants; `normalize` turns a batch into float
-wherever it lives, typically on the GPU.
+channels-last layout the fast uint8 resize kernel wants. Clips stay uint8 up to the model,
+which normalises them itself (stadapt.model.classifier).
 """
 
 from __future__ import annotations
@@ -168,8 +168,3 @@ def spatial_crops(clip: torch.Tensor, crop: int, count: int) -> list[torch.Tenso
     return [clip[..., y:y + crop, left:left + crop] for y in (0, top, h - crop)]
 
 
-def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 [..., 3, T, H, W] → float32 (x/255 - mean) / std, on the tensor's own device."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1) * 255
-    std_t = torch.tensor(std, dtype=torch.float32, device=clips.device).view(3, 1, 1, 1) * 255
-    return (clips.float() - mean_t) / std_t

@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 
 from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decoded_batches, resolve_decode
-from stadapt.data.transforms import normalize
 from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.metrics import score
@@ -83,14 +82,11 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
                ((b, b["clip"].to(ctx.device, non_blocking=True), b["ok"].bool()) for b in loader))
     for batch, clips, ok in batches:
         n, v = clips.shape[:2]
-        x = normalize(clips.flatten(0, 1), model.image_mean, model.image_std)
         with autocast(ctx.device, recipe.train.precision):
-            out = forward(x)
-        out = out if isinstance(out, dict) else {heads[0]: out}
+            out = forward(clips.flatten(0, 1))
         for head in heads:
             probs[head].append(F.softmax(out[head].float(), dim=-1).view(n, v, -1).mean(dim=1).cpu())
-            label = batch["label"][head] if isinstance(batch["label"], dict) else batch["label"]
-            labels[head].append(label.long())
+            labels[head].append(batch["label"][head].long())
         indices.append(batch["index"].long())
         oks.append(ok.cpu())
         if untimed:

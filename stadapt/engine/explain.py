@@ -34,7 +34,6 @@ from stadapt.data.dataset import VideoDataset  # noqa: E402
 from stadapt.data.decode import VideoReadError, count_frames  # noqa: E402
 from stadapt.data.manifest import Sample  # noqa: E402
 from stadapt.data.sampling import clip_indices  # noqa: E402
-from stadapt.data.transforms import normalize  # noqa: E402
 from stadapt.engine.evaluate import check_input_size  # noqa: E402
 from stadapt.engine.predict import expand_inputs, read_error  # noqa: E402
 from stadapt.errors import StadaptError  # noqa: E402
@@ -130,7 +129,7 @@ def explain(inputs: Iterable[str], model_dir: Path, out: Path,
             results.append({"video": video, "error": read_error(path)})
             continue
         clip = item["clip"].to(device)  # 1×3×T×S×S uint8
-        x = normalize(clip, model.image_mean, model.image_std).float()
+        x = model.normalise(clip)
         after, before = cls_attention(model, x, adapters=True), cls_attention(model, x, adapters=False)
         record = {"video": video, "attention": [
             {"frame": int(i), "map": _grid(a), "before": _grid(b)} for i, a, b in zip(frame_ids, after, before)]}

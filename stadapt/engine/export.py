@@ -39,15 +39,15 @@ class ExportError(StadaptError):
 
 
 class ExportedClassifier(nn.Module):
-    """The classifier with a fixed output structure: logits, or a tuple of them in head order."""
+    """The classifier with a fixed output structure: the logits of one head, or a tuple of them in head order."""
 
     def __init__(self, model: VideoClassifier) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, video: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.model(video)
-        return tuple(out.values()) if isinstance(out, dict) else out
+        logits = tuple(self.model.logits(video).values())
+        return logits[0] if len(logits) == 1 else logits
 
 
 @dataclass

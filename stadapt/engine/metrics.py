@@ -85,10 +85,7 @@ def score(probs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> di
     }
 
 
-def batch_correct(logits: torch.Tensor | dict[str, torch.Tensor],
-                  labels: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+def batch_correct(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
     """Number of clips in a training batch whose every head's top-1 is right."""
-    if isinstance(logits, torch.Tensor):
-        return (logits.argmax(dim=1) == labels).sum()
     right = torch.stack([logits[h].argmax(dim=1) == labels[h] for h in logits]).all(dim=0)
     return right.sum()

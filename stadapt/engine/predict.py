@@ -24,7 +24,6 @@ from stadapt.data.dataset import VideoDataset
 from stadapt.data.decode import VideoReadError, read_frames
 from stadapt.data.manifest import Sample
 from stadapt.data.probe import UnreadableVideo, probe_video
-from stadapt.data.transforms import normalize
 from stadapt.engine.evaluate import check_input_size, micro_batch_size
 from stadapt.engine.rundir import LATEST, TRAIN_DATA_FILE, read_train_data
 from stadapt.errors import RecipeError, StadaptError
@@ -146,10 +145,8 @@ class Predictor:
             probs: dict[str, torch.Tensor] = {}
             if ok.any():
                 clips = batch["clip"][ok].to(self.device, non_blocking=True)
-                x = normalize(clips.flatten(0, 1), self.model.image_mean, self.model.image_std)
                 with autocast(self.device, recipe.train.precision):
-                    out = self.forward(x)
-                out = out if isinstance(out, dict) else {self.heads[0]: out}
+                    out = self.forward(clips.flatten(0, 1))
                 probs = {h: F.softmax(out[h].float(), dim=-1).view(int(ok.sum()), views, -1).mean(dim=1).cpu()
                          for h in self.heads}
             row = 0

@@ -117,7 +117,7 @@ class DevicePrefetcher:
         on_side = torch.cuda.stream(self.copy_stream) if self.copy_stream is not None else contextlib.nullcontext()
         with on_side:
             batch["clip"] = batch["clip"].to(self.device, non_blocking=True)
-            batch["label"] = _map_tensors(batch["label"], lambda t: t.to(self.device, non_blocking=True))
+            batch["label"] = {h: t.to(self.device, non_blocking=True) for h, t in batch["label"].items()}
         self._next = batch
 
     def close(self) -> None:
@@ -138,15 +138,9 @@ class DevicePrefetcher:
             current.wait_stream(self.copy_stream)
             # The copies were allocated on the side stream; keep them until this stream is done.
             batch["clip"].record_stream(current)
-            _map_tensors(batch["label"], lambda t: t.record_stream(current))
+            for labels in batch["label"].values():
+                labels.record_stream(current)
         return batch
-
-
-def _map_tensors(labels: torch.Tensor | dict[str, torch.Tensor], fn):
-    """fn over a label tensor, or over each of several label sets (EPIC-Kitchens verb and noun)."""
-    if isinstance(labels, dict):
-        return {name: fn(tensor) for name, tensor in labels.items()}
-    return fn(labels)
 
 
 def eval_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, pin_memory: bool,

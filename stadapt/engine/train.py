@@ -26,7 +26,6 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from stadapt.data.dataset import build_dataset
-from stadapt.data.transforms import normalize
 from stadapt.engine import distributed
 from stadapt.engine.board import require_tensorboard
 from stadapt.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -143,11 +142,8 @@ def batch_geometry(recipe: Recipe, world_size: int) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
-def classification_loss(logits: torch.Tensor | dict[str, torch.Tensor],
-                        labels: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy, summed over heads (EPIC-Kitchens: verb + noun)."""
-    if isinstance(logits, torch.Tensor):
-        return F.cross_entropy(logits.float(), labels)
     return sum(F.cross_entropy(logits[h].float(), labels[h]) for h in logits)
 
 
@@ -315,11 +311,10 @@ class Trainer:
 
     def _forward_backward(self, batch: dict[str, Any], last: bool) -> tuple[Any, torch.Tensor]:
         """Gradients of one micro-batch's share of the step's loss (DDP syncs them on the last)."""
-        x = normalize(batch["clip"], self.model.image_mean, self.model.image_std)
         sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
         with sync:
             with autocast(self.device, self.recipe.train.precision):
-                logits = self.forward(x)
+                logits = self.forward(batch["clip"])
             loss = classification_loss(logits, batch["label"])
             scaled = loss / self.accumulation
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()

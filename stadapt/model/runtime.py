@@ -125,9 +125,7 @@ class _CompiledWithFallback:
             x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
         with torch.no_grad():
             out = self._run(x, *rest, **kwargs)
-        if isinstance(out, dict):
-            return {name: value[:n].clone() for name, value in out.items()}
-        return out[:n].clone()
+        return {name: value[:n].clone() for name, value in out.items()}
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
         # inductor/triton could not build it; in inference also: a CUDA graph could not be captured.

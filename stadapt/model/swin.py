@@ -10,13 +10,12 @@ Only the space-only architecture applies (sa_ta and sa_ts are defined for plain 
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from stadapt.model.adapter import STAdapter
+from stadapt.model.classifier import Classifier
 
 
 class SwinVideoBlock(nn.Module):
@@ -35,27 +34,16 @@ class SwinVideoBlock(nn.Module):
         return self.block(x)
 
 
-class SwinVideoClassifier(nn.Module):
-    """forward(video: float B×3×T×H×W, normalised) → logits B×C, or {head: logits} for several heads."""
+class SwinVideoClassifier(Classifier):
+    """forward(video B×3×T×H×W, uint8 or normalised) → {head: logits B×C} (stadapt.model.classifier)."""
 
     def __init__(self, visual: nn.Module, heads: dict[str, int], dropout: float = 0.5) -> None:
-        super().__init__()
+        super().__init__(visual.num_features, heads, dropout, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
         self.visual = visual
         self.visual.image_size = tuple(visual.patch_embed.img_size)
         for stage in visual.layers:
             for i, block in enumerate(stage.blocks):
                 stage.blocks[i] = SwinVideoBlock(block)
-        self.dim = visual.num_features
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({name: nn.Linear(self.dim, n) for name, n in heads.items()})
-        for head in self.heads.values():
-            nn.init.normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
-        self.grad_checkpointing = False
-        self.impl = "fast"
-        self.image_mean: Sequence[float] = (0.485, 0.456, 0.406)
-        self.image_std: Sequence[float] = (0.229, 0.224, 0.225)
-        self.backbone_identity: dict[str, str] = {}
 
     @property
     def blocks(self) -> list[SwinVideoBlock]:
@@ -67,11 +55,6 @@ class SwinVideoClassifier(nn.Module):
                 dim = block.block.dim
                 block.adapters["before_attn"] = STAdapter(dim, max(1, round(dim * width_fraction)), kernel,
                                                           activation, impl, num_prefix_tokens=0)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        features = self.forward_features(video)
-        logits = {name: head(features) for name, head in self.heads.items()}
-        return logits["label"] if list(logits) == ["label"] else logits
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         batch, channels, num_frames, height, width = video.shape

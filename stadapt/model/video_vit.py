@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stadapt.model.classifier import Classifier
+
 SHIFT_FRACTION = 0.25  # sa_ts: a quarter of the key/value channels from frame t-1, a quarter from t+1
 
 
@@ -243,11 +245,10 @@ def video_block(blk: nn.Module) -> VideoBlock:
     return VideoBlock(blk.ln_1, blk.attn, blk.ln_2, blk.mlp, blk.ls_1, blk.ls_2)
 
 
-class VideoClassifier(nn.Module):
+class VideoClassifier(Classifier):
     """Video classifier over an open_clip VisionTransformer or a PlainViT (`self.visual`, blocks as VideoBlocks).
 
-    forward(video: float B×3×T×H×W, normalised) → logits B×C, or {head: logits} when the
-    model has several label sets (EPIC-Kitchens verb and noun).
+    forward(video B×3×T×H×W, uint8 or normalised) → {head: logits B×C} (stadapt.model.classifier).
     """
 
     def __init__(
@@ -259,7 +260,8 @@ class VideoClassifier(nn.Module):
         prompt_tokens: int = 0,
         temporal_head: Optional[str] = None,  # "attn_pool" | "aggregation" (sa_ts) | None (mean)
     ) -> None:
-        super().__init__()
+        dim = visual.transformer.width
+        super().__init__(dim, heads, dropout, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         self.visual = visual
         self.visual.proj = None  # CLIP's image-text projection is not part of the classifier
         if _is_patch_convolution(visual.conv1):
@@ -267,8 +269,6 @@ class VideoClassifier(nn.Module):
         resblocks = visual.transformer.resblocks
         for i, block in enumerate(resblocks):  # open_clip's blocks; other libraries' come as VideoBlocks
             resblocks[i] = block if isinstance(block, VideoBlock) else video_block(block)
-        dim = visual.transformer.width
-        self.dim = dim
         self.prompts: Optional[nn.Parameter] = None  # VPT-deep: depth × tokens × d
         if prompt_tokens:
             self.prompts = nn.Parameter(torch.zeros(len(resblocks), prompt_tokens, dim))
@@ -283,17 +283,6 @@ class VideoClassifier(nn.Module):
         elif temporal_head == "aggregation":
             self.pool = TemporalAggregation(dim, num_frames, resblocks[0].attn.num_heads)
         self.num_frames = num_frames
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in heads.items()})
-        for head in self.heads.values():
-            nn.init.normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
-        self.grad_checkpointing = False
-        self.impl = "fast"  # "reference": as published: patch convolution, nn.Conv3d adapters, every block in full
-        # Set by the builder; read by data transforms and artifacts.
-        self.image_mean: Sequence[float] = (0.5, 0.5, 0.5)
-        self.image_std: Sequence[float] = (0.5, 0.5, 0.5)
-        self.backbone_identity: dict[str, str] = {}
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -309,11 +298,6 @@ class VideoClassifier(nn.Module):
     def add_temporal_shift(self) -> None:
         for block in self.blocks:
             block.shift = True
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        features = self.forward_features(video)
-        logits = {name: head(features) for name, head in self.heads.items()}
-        return logits["label"] if list(logits) == ["label"] else logits
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         batch, channels, num_frames, height, width = video.shape
