@@ -145,13 +145,13 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
     from torch.utils.data import DataLoader
 
     from stadapt.data.dataset import build_dataset
-    from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips
+    from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips
 
     recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4",
                                           "data.test_views.spatial=3", "data.test_resize=72"])
     dataset = build_dataset(recipe, "val", train=False)
     batch = next(iter(DataLoader(StoredJpegClips(dataset), batch_size=4, collate_fn=collate_jpegs)))
-    clips, ok = decode_clips(batch["jpegs"], batch["ok"], recipe.data, torch.device("cuda"))
+    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, torch.device("cuda"))
     expected = torch.stack([dataset[i]["clip"] for i in batch["index"].tolist()])
     assert ok.all() and clips.is_cuda and clips.shape == expected.shape
     difference = (clips.cpu().int() - expected.int()).abs().float()

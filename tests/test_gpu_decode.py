@@ -10,7 +10,15 @@ from torch.utils.data import DataLoader
 
 import stadapt
 from stadapt.data.dataset import build_dataset
-from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decode_clips, decoded_batches, resolve_decode
+from stadapt.data.gpu_decode import (
+    StoredJpegClips,
+    batch_jpegs,
+    collate_jpegs,
+    decode_clips,
+    decoded_batches,
+    pack_jpegs,
+    resolve_decode,
+)
 from stadapt.data.store import entry_path
 from stadapt.errors import DataError
 from stadapt.model.build import build_model
@@ -29,9 +37,12 @@ def test_batched_decode_gives_the_cpu_paths_clips(prepared_dir, views):
                                    f"data.test_views.spatial={views[1]}", "data.test_resize=56", "data.crop=48")
     loader = DataLoader(StoredJpegClips(dataset), batch_size=3, collate_fn=collate_jpegs)
     batch = next(iter(loader))
-    assert len(batch["jpegs"]) == 3 and all(len(j) == int(views[0]) * 8 for j in batch["jpegs"])
-    assert batch["jpegs"][0][0].dtype == torch.uint8 and batch["jpegs"][0][0].dim() == 1  # bytes, not pixels
-    clips, ok = decode_clips(batch["jpegs"], batch["ok"], recipe.data, torch.device("cpu"))
+    jpegs = batch_jpegs(batch)
+    assert len(jpegs) == 3 and all(len(j) == int(views[0]) * 8 for j in jpegs)
+    assert jpegs[0][0].dtype == torch.uint8 and jpegs[0][0].dim() == 1  # bytes, not pixels
+    assert bytes(jpegs[0][0][:2]) == b"\xff\xd8" and bytes(jpegs[2][-1][-2:]) == b"\xff\xd9"  # whole files
+    assert batch["jpegs"].dim() == 1 and len(batch["jpegs"]) == int(batch["jpeg_sizes"].sum())  # one buffer
+    clips, ok = decode_clips(jpegs, batch["ok"], recipe.data, torch.device("cpu"))
     expected = torch.stack([dataset[i]["clip"] for i in batch["index"].tolist()])
     assert ok.all() and clips.shape == expected.shape == (3, int(views[0]) * int(views[1]), 3, 8, 48, 48)
     difference = (clips.int() - expected.int()).abs()
@@ -43,7 +54,7 @@ def test_unreadable_and_damaged_videos_are_not_ok_and_the_rest_decode(prepared_d
     dataset, recipe = eval_dataset(prepared_dir)
     jpegs = StoredJpegClips(dataset)
     items = [jpegs[i] for i in range(3)]
-    items[1]["jpegs"] = [torch.frombuffer(bytearray(b"\xff\xd8 not a JPEG"), dtype=torch.uint8)] * 8
+    items[1].update(pack_jpegs([torch.frombuffer(bytearray(b"\xff\xd8 not a JPEG"), dtype=torch.uint8)] * 8))
     entry = entry_path(prepared_dir, dataset.samples[2].path)
     saved = entry.read_bytes()
     try:
@@ -51,9 +62,10 @@ def test_unreadable_and_damaged_videos_are_not_ok_and_the_rest_decode(prepared_d
         items[2] = jpegs[2]  # not in the store any more
     finally:
         entry.write_bytes(saved)
-    assert items[2]["ok"] is False and items[2]["jpegs"] == []
+    assert items[2]["ok"] is False and len(items[2]["jpegs"]) == len(items[2]["jpeg_sizes"]) == 0
     batch = collate_jpegs(items)
-    clips, ok = decode_clips(batch["jpegs"], batch["ok"], recipe.data, torch.device("cpu"))
+    assert batch["jpeg_counts"].tolist() == [8, 8, 0]
+    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, torch.device("cpu"))
     assert ok.tolist() == [True, False, False]
     assert torch.equal(clips[0], dataset[0]["clip"]) and clips[1:].eq(0).all()
 
@@ -75,7 +87,7 @@ def test_batches_decoded_ahead_arrive_in_order_and_a_loader_error_reaches_the_ca
     got = list(decoded_batches(loader, recipe.data, cpu, ahead=1))
     assert [b["index"].tolist() for b, _, _ in got] == [[0, 1], [2, 3]]
     for batch, clips, ok in got:
-        assert ok.all() and torch.equal(clips, decode_clips(batch["jpegs"], batch["ok"], recipe.data, cpu)[0])
+        assert ok.all() and torch.equal(clips, decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, cpu)[0])
 
     def failing():
         yield next(iter(loader))

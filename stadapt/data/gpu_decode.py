@@ -9,6 +9,11 @@ data.test_resize (bilinear, antialiased, rounded back to uint8), then the spatia
 equal the CPU path's up to the rounding of the two JPEG decoders and resamplers. A thread
 decodes the next batches on a side stream while the model computes the current one
 (`decoded_batches`): decoding in turn with the model would add its whole time to each step.
+
+A batch crosses from the loader workers as one byte buffer and the frames' sizes
+(`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
+its own shared-memory file, which for a batch of 32 videos × 24 frames cost more than the
+decoding itself.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ def resolve_decode(decode: str, dataset: Dataset, device: torch.device) -> str:
 
 class StoredJpegClips(Dataset):
     """The test items of a VideoDataset over a store, with the JPEGs of their frames instead of
-    decoded clips: {"jpegs": [1-d uint8 tensors, views' frames in order], "label", "index", "ok"}."""
+    decoded clips: {"jpegs": the frames' files one after the other (1-d uint8, views' frames in
+    order), "jpeg_sizes": each file's length, "label", "index", "ok"}."""
 
     def __init__(self, dataset: VideoDataset):
         if dataset.store is None or dataset.train:
@@ -68,13 +74,32 @@ class StoredJpegClips(Dataset):
             jpegs, ok = [], False
         item = ds._item(index, torch.empty(0), ok, 0)
         del item["clip"]
-        return {"jpegs": jpegs, **item}
+        return {**pack_jpegs(jpegs), **item}
+
+
+def pack_jpegs(jpegs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"jpegs": the files concatenated, "jpeg_sizes": their lengths} of one video's frames."""
+    sizes = torch.tensor([len(j) for j in jpegs], dtype=torch.int64)
+    return {"jpegs": torch.cat(list(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8), "jpeg_sizes": sizes}
+
+
+PACKED = ("jpegs", "jpeg_sizes")
 
 
 def collate_jpegs(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch: the JPEG lists as they are (one per video), everything else collated as usual."""
-    rest = default_collate([{k: v for k, v in item.items() if k != "jpegs"} for item in items])
-    return {"jpegs": [item["jpegs"] for item in items], **rest}
+    """A batch: every video's bytes in one buffer, all frames' sizes, each video's frame count
+    (`jpeg_counts`), everything else collated as usual."""
+    rest = default_collate([{k: v for k, v in item.items() if k not in PACKED} for item in items])
+    return {"jpegs": torch.cat([item["jpegs"] for item in items]),
+            "jpeg_sizes": torch.cat([item["jpeg_sizes"] for item in items]),
+            "jpeg_counts": torch.tensor([len(item["jpeg_sizes"]) for item in items], dtype=torch.int64), **rest}
+
+
+def batch_jpegs(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
+    """The JPEG files of each video of a collate_jpegs batch (views of its one buffer)."""
+    frames = torch.split(batch["jpegs"], batch["jpeg_sizes"].tolist())
+    bounds = [0, *torch.cumsum(batch["jpeg_counts"], 0).tolist()]
+    return [list(frames[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 def decode_clips(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor, data: DataConfig,
@@ -143,7 +168,7 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
         try:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for batch in loader:
-                    clips, ok = decode_clips(batch["jpegs"], batch["ok"], data, device)
+                    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device)
                     event = side.record_event() if side is not None else None
                     ready.put((batch, clips, ok, event))
         except BaseException as exc:  # handed to the consumer, raised there
