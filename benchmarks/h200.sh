@@ -2,13 +2,15 @@
 # The H200 figures of the README in one call of at most ~9 minutes, every result under OUT
 # (default benchmarks/results). Each part runs under its own time limit and the whole under
 # BUDGET_S (default 530 s); a part that fails or runs out of time is logged and the next one
-# starts. PARTS picks and orders the parts (default: model eval tests loader autotune gputests):
+# starts. PARTS picks and orders the parts (default: model eval stages tests loader autotune gputests):
 #   model     `stadapt bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3`, batch 32:
 #             latency at batch 1 on CUDA graphs, training/inference against the reference path,
 #             adapter overhead, with --profile
 #   eval      `stadapt eval` end to end, 3 temporal views, on `prepare synthetic --frames 300
 #             --size 340x256 --decode` data, at most 4 loader workers: GPU JPEG decoding, then CPU
 #             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
+#   stages    benchmarks/gpu_decode_stages.py: each stage of eval's GPU decoding timed alone (loader
+#             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
 #   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
 #   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
 #   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode)
@@ -30,7 +32,7 @@ DATA=data/k400like
 RUN=runs/k400like-untrained
 EVAL_SPLIT=evalrepeat  # the prepared videos listed REPEAT times, so eval runs long enough to time
 REPEAT=${REPEAT:-120}
-PARTS=${PARTS:-model eval tests loader autotune gputests}
+PARTS=${PARTS:-model eval stages tests loader autotune gputests}
 
 # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, time left); its exit status is logged.
 part() {
@@ -99,6 +101,7 @@ eval_with() {  # eval_with cpu|gpu: the eval report, copied to OUT
 }
 
 eval_vs_model() {  # eval clips/s over bench model's inference clips/s at eval's batch, written into the eval JSONs
+    # with the device, versions and date of the same run
     $PY - "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json" "$OUT"/eval-k400like-*-cuda-h200-"$DAY".json <<'EOF'
 import json, sys
 model = json.load(open(sys.argv[1]))
@@ -106,6 +109,7 @@ for path in sys.argv[2:]:
     report = json.load(open(path))
     report["model_only_clips_s"] = model["throughput_clips_s"]
     report["model_only_batch"] = model["batch_size"]
+    report.update({key: model[key] for key in ("device_name", "versions", "date")})
     report["eval_vs_model"] = round(report["clips_per_s"] / model["throughput_clips_s"], 4) if report["clips_per_s"] else None
     json.dump(report, open(path, "w"), indent=2)
     print(f"{path}: decode {report['decode']}, {report['clips_per_s']} clips/s, eval_vs_model {report['eval_vs_model']}")
@@ -126,6 +130,10 @@ for p in $PARTS; do
                 --batch-size 96 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json"
             part eval-cpu 100 eval_with cpu
             part eval-vs-model 20 eval_vs_model ;;
+        stages)
+            part prepare 120 prepare_data
+            part stages 120 $PY -m benchmarks.gpu_decode_stages "$DATA" "$EVAL_SPLIT" \
+                --out "$OUT/gpu-decode-stages-h200-$DAY.json" ;;
         tests) part tests 150 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
                    -k "graph_captured or jpeg_decoding" ;;
         loader)
