@@ -11,6 +11,9 @@
 #             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
 #   stages    benchmarks/gpu_decode_stages.py: each stage of eval's GPU decoding timed alone (loader
 #             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
+#   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
+#             CPU decoding in nproc-2 workers, then `stadapt bench run` against bench model (training
+#             end to end vs model only: whether training would gain from GPU decoding)
 #   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
 #   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
 #   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode)
@@ -116,8 +119,21 @@ for path in sys.argv[2:]:
 EOF
 }
 
+train_e2e() {  # needs the model part's JSON of this run for the ratio
+    local data=data/k400like8 cores
+    cores=$(nproc)
+    $STADAPT prepare synthetic "$data/videos" --out "$data" --classes 8 --videos-per-class 6 --frames 300 \
+        --size 340x256 --decode --workers "$cores" >/dev/null || return 1
+    $STADAPT train recipes/k400_vitb.yaml --out runs/k400like-e2e --set model.pretrained=none \
+        --set "data.root=$data" --set data.source=prepared --set model.num_classes=8 --set train.steps=60 \
+        --set train.batch_size=32 --set "train.workers=$((cores - 2))" --set train.log_every=10 \
+        --set train.eval_every=1000 --set train.save_every=1000 || return 1
+    $STADAPT bench run runs/k400like-e2e --skip 2 --model-result "$OUT/model-k400_vitb-cuda-h200-$DAY.json" \
+        --out "$OUT/run-k400_vitb-e2e-cuda-h200-$DAY.json"
+}
+
 export OUT DAY DATA RUN EVAL_SPLIT REPEAT PY STADAPT PYTHONPATH
-export -f model_part prepare_data untrained_run eval_with eval_vs_model
+export -f model_part prepare_data untrained_run eval_with eval_vs_model train_e2e
 for p in $PARTS; do
     case $p in
         model) part model 240 model_part ;;
@@ -134,6 +150,8 @@ for p in $PARTS; do
             part prepare 120 prepare_data
             part stages 120 $PY -m benchmarks.gpu_decode_stages "$DATA" "$EVAL_SPLIT" \
                 --out "$OUT/gpu-decode-stages-h200-$DAY.json" ;;
+        train-e2e)
+            part train-e2e 300 train_e2e ;;
         tests) part tests 150 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
                    -k "graph_captured or jpeg_decoding" ;;
         loader)
