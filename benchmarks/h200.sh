@@ -11,12 +11,15 @@
 #             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
 #   stages    benchmarks/gpu_decode_stages.py: each stage of eval's GPU decoding timed alone (loader
 #             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
+#   overlap   benchmarks/gpu_decode_overlap.py: whether nvJPEG waits for work queued elsewhere on the
+#             device, and eval's consumer loop fed by the decode thread in several arrangements
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
 #             CPU decoding in nproc-2 workers, then `stadapt bench run` against bench model (training
 #             end to end vs model only: whether training would gain from GPU decoding)
 #   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
 #   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
-#   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode)
+#   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode),
+#             then benchmarks/autotune_choices.py: cuBLAS against the best Triton template per product
 #   gputests  the rest of tests/test_gpu.py (fast path against fp32, side-stream copies)
 #   freezing  (not in the default PARTS) bench model with TORCHINDUCTOR_FREEZING=1: inductor folds the
 #             frozen weights into the inference graphs (candidate for inference and latency only)
@@ -31,6 +34,9 @@ export PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-530} ))
 PY=${PYTHON:-python3}
 DAY=$(date -u +%Y%m%d)
+# The card in the result files' names: the machine may be lent as an H100 or an H200.
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE 'h100|h200|a100' | tr A-Z a-z)
+GPU=${GPU:-gpu}
 DATA=data/k400like
 RUN=runs/k400like-untrained
 EVAL_SPLIT=evalrepeat  # the prepared videos listed REPEAT times, so eval runs long enough to time
@@ -64,7 +70,7 @@ STADAPT="$PY -m stadapt"
 
 model_part() {
     $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 --profile \
-        --out "$OUT/model-k400_vitb-cuda-h200-$DAY.json"
+        --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY.json"
 }
 
 prepare_data() {
@@ -100,12 +106,12 @@ EOF
 
 eval_with() {  # eval_with cpu|gpu: the eval report, copied to OUT
     $STADAPT eval "$RUN" --split "$EVAL_SPLIT" --decode "$1" \
-        && cp "$RUN/eval-$EVAL_SPLIT.json" "$OUT/eval-k400like-$1-cuda-h200-$DAY.json"
+        && cp "$RUN/eval-$EVAL_SPLIT.json" "$OUT/eval-k400like-$1-cuda-$GPU-$DAY.json"
 }
 
 eval_vs_model() {  # eval clips/s over bench model's inference clips/s at eval's batch, written into the eval JSONs
     # with the device, versions and date of the same run
-    $PY - "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json" "$OUT"/eval-k400like-*-cuda-h200-"$DAY".json <<'EOF'
+    $PY - "$OUT/model-k400_vitb-cuda-$GPU-$DAY-b96.json" "$OUT"/eval-k400like-*-cuda-$GPU-"$DAY".json <<'EOF'
 import json, sys
 model = json.load(open(sys.argv[1]))
 for path in sys.argv[2:]:
@@ -128,11 +134,11 @@ train_e2e() {  # needs the model part's JSON of this run for the ratio
         --set "data.root=$data" --set data.source=prepared --set model.num_classes=8 --set train.steps=60 \
         --set train.batch_size=32 --set "train.workers=$((cores - 2))" --set train.log_every=10 \
         --set train.eval_every=1000 --set train.save_every=1000 || return 1
-    $STADAPT bench run runs/k400like-e2e --skip 2 --model-result "$OUT/model-k400_vitb-cuda-h200-$DAY.json" \
-        --out "$OUT/run-k400_vitb-e2e-cuda-h200-$DAY.json"
+    $STADAPT bench run runs/k400like-e2e --skip 2 --model-result "$OUT/model-k400_vitb-cuda-$GPU-$DAY.json" \
+        --out "$OUT/run-k400_vitb-e2e-cuda-$GPU-$DAY.json"
 }
 
-export OUT DAY DATA RUN EVAL_SPLIT REPEAT PY STADAPT PYTHONPATH
+export OUT DAY GPU DATA RUN EVAL_SPLIT REPEAT PY STADAPT PYTHONPATH
 export -f model_part prepare_data untrained_run eval_with eval_vs_model train_e2e
 for p in $PARTS; do
     case $p in
@@ -143,13 +149,17 @@ for p in $PARTS; do
             part eval-gpu 120 eval_with gpu
             # eval's batch: 2 x train.batch_size 48 // 3 views = 32 videos = 96 clips
             part model-b96 200 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
-                --batch-size 96 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-b96.json"
+                --batch-size 96 --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-b96.json"
             part eval-cpu 100 eval_with cpu
             part eval-vs-model 20 eval_vs_model ;;
+        overlap)
+            part prepare 120 prepare_data
+            part overlap 240 $PY -m benchmarks.gpu_decode_overlap "$DATA" "$EVAL_SPLIT" ${OVERLAP_ARGS:-} \
+                --out "$OUT/gpu-decode-overlap-$GPU-$DAY.json" ;;
         stages)
             part prepare 120 prepare_data
             part stages 120 $PY -m benchmarks.gpu_decode_stages "$DATA" "$EVAL_SPLIT" \
-                --out "$OUT/gpu-decode-stages-h200-$DAY.json" ;;
+                --out "$OUT/gpu-decode-stages-$GPU-$DAY.json" ;;
         train-e2e)
             part train-e2e 300 train_e2e ;;
         tests) part tests 150 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
@@ -157,13 +167,16 @@ for p in $PARTS; do
         loader)
             part prepare 90 prepare_data
             part loader 90 $STADAPT bench loader --recipe k400_vitb --set "data.root=$DATA" --workers 1 \
-                --out "$OUT/loader-k400_vitb-1worker-h200node-$DAY.json" ;;
-        autotune) part autotune 300 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
-                      --compile-mode max-autotune-no-cudagraphs --out "$OUT/model-k400_vitb-cuda-h200-$DAY-autotune.json" ;;
+                --out "$OUT/loader-k400_vitb-1worker-${GPU}node-$DAY.json" ;;
+        autotune)
+            part autotune 400 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
+                --compile-mode max-autotune-no-cudagraphs --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-autotune.json"
+            part autotune-choices 20 $PY -m benchmarks.autotune_choices "$LOG" \
+                --out "$OUT/autotune-choices-k400_vitb-$GPU-$DAY.json" ;;
         gputests) part gputests 240 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
                       -k "not graph_captured and not jpeg_decoding" ;;
         freezing) part freezing 300 env TORCHINDUCTOR_FREEZING=1 $STADAPT bench model --recipe k400_vitb --device cuda \
-                      --steps 10 --warmup 3 --out "$OUT/model-k400_vitb-cuda-h200-$DAY-freezing.json" ;;
+                      --steps 10 --warmup 3 --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-freezing.json" ;;
         *) echo "== unknown part $p" ;;
     esac
 done

@@ -9,6 +9,9 @@ data.test_resize (bilinear, antialiased, rounded back to uint8), then the spatia
 equal the CPU path's up to the rounding of the two JPEG decoders and resamplers. A thread
 decodes the next batches on a side stream while the model computes the current one
 (`decoded_batches`): decoding in turn with the model would add its whole time to each step.
+The overlap is partial: while the model runs, torchvision's nvJPEG call (its own pool stream,
+synchronised at each call, one call at a time) takes about three times as long as alone,
+whatever our stream's priority (benchmarks/gpu_decode_overlap.py, README "Performance").
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -163,12 +166,14 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
 
 
 def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
-                    ahead: int = 2) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+                    ahead: int = 2, priority: int = 0) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
     """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips in a thread
-    up to `ahead` batches in advance (on CUDA, on a side stream the caller's stream waits for)."""
+    up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the caller's
+    stream waits for; benchmarks/gpu_decode_overlap.py measured that a high priority does not
+    speed it up)."""
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
-    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    side = torch.cuda.Stream(device, priority=priority) if device.type == "cuda" else None
 
     def decode_ahead() -> None:
         try:
