@@ -5,9 +5,12 @@ For each data set (the K400-like synthetic set of `prepare synthetic --frames 30
 are as large as those of real footage), the store is written with each option in turn and
 `stadapt bench loader` measures it: `store_gb_per_hour`, `store_psnr_db` (against the source
 decoded again and scaled to the stored size) and the loader against the reference loader.
-A short-GOP H.264 store (not built in stadapt) is measured beside it for size, PSNR and the
-decoding of a clip's 8 frames (seek to each frame's keyframe, decode up to it), against the
-decoding alone of the same clips from the JPEG store, one core.
+The H.264 store (`--parts h264`, `prepare --decode --store h264`) is measured the same way,
+in the same run as the JPEG store of format 2.
+Short-GOP videos in a container (`--parts gop`, measured before that store was built) are
+measured for size, PSNR and the decoding of a clip's 8 frames (seek to each frame's
+keyframe, decode up to it), against the decoding alone of the same clips from the JPEG
+store, one core.
 
     python -m benchmarks.store_options [--work /tmp/store-options] [--out benchmarks/results/store-options-cpu.json]
 """
@@ -44,7 +47,8 @@ from stadapt.recipe import load_recipe
 OPTIONS = [("q90-420 (format 1)", 256, 90, "420"), ("q85-420", 256, 85, "420"), ("q80-420", 256, 80, "420"),
            ("q75-420", 256, 75, "420"), ("q90-444", 256, 90, "444"), ("q85-444", 256, 85, "444"),
            ("q85-420 short side 224", 224, 85, "420")]
-GOPS = (4, 8, 16)  # keyframe intervals of the short-GOP video store (x264 veryfast, crf 20)
+GOPS = (4, 8, 16)  # keyframe intervals of the short-GOP videos measured before the H.264 store was built
+H264_OPTIONS = [("H.264 store (format 3: GOP 4, crf 20, no B-frames)", 256)]
 STADAPT = [sys.executable, "-m", "stadapt"]
 
 
@@ -149,16 +153,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/store-options"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/store-options-cpu.json"))
     parser.add_argument("--clips", type=int, default=96)
-    parser.add_argument("--parts", nargs="+", choices=("jpeg", "gop"), default=["jpeg", "gop"])
+    parser.add_argument("--parts", nargs="+", choices=("jpeg", "h264", "gop"), default=["jpeg", "h264", "gop"])
     args = parser.parse_args()
     results = []
     for name in ("synthetic", "textured"):
         prepared = PreparedDataset.open(prepare(args.work, name))
         samples = prepared.samples("train") + prepared.samples("val")
         recipe = load_recipe("k400_vitb", [f"data.root={prepared.root}"])
-        for label, short_side, quality, chroma in OPTIONS if "jpeg" in args.parts else []:
+        chosen = [(*option, "jpeg") for option in OPTIONS] if "jpeg" in args.parts else []
+        if "h264" in args.parts:  # beside the JPEG store as format 2 writes it, in the same run
+            chosen += [] if "jpeg" in args.parts else [(*OPTIONS[1], "jpeg")]
+            chosen += [(label, side, 85, "420", "h264") for label, side in H264_OPTIONS]
+        for label, short_side, quality, chroma, codec in chosen:
             write_store(prepared.root, samples, short_side=short_side, workers=os.cpu_count() or 1,
-                        quality=quality, chroma=chroma)
+                        quality=quality, chroma=chroma, codec=codec)
             result = bench_loader(recipe, workers=1, source="prepared", num_clips=args.clips, reference_clips=6,
                                   rounds=2, recipe_path="k400_vitb")
             row = {"data": name, "option": label, **{k: v for k, v in result.items() if k.startswith("store_")},
@@ -166,8 +174,8 @@ def main() -> None:
                                              "speedup_vs_reference", "cpu_speedup_vs_reference")}}
             print(json.dumps(row), flush=True)
             results.append(row)
-        # the JPEG store as format 2 writes it, then the short-GOP video stores beside it
-        write_store(prepared.root, samples, workers=os.cpu_count() or 1)
+        if "gop" in args.parts:  # the JPEG store as format 2 writes it, then the short-GOP videos beside it
+            write_store(prepared.root, samples, workers=os.cpu_count() or 1)
         for gop in GOPS if "gop" in args.parts else []:
             row = {"data": name, "option": f"H.264 GOP {gop}, crf 20 (not built)",
                    **short_gop_store(prepared, samples, recipe, args.work / name, gop, args.clips)}

@@ -65,6 +65,9 @@ def prepare_command(
                               "(OUT/split1, OUT/split2, OUT/split3, for `stadapt ablate split`)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Probing processes (default: all cores)."),
     decode: bool = typer.Option(False, "--decode/--no-decode", help="Also write the pre-decoded store."),
+    store: str = typer.Option("jpeg", "--store", help="With --decode, how the store keeps frames: jpeg (fastest to "
+                              "load, decodable on the GPU) or h264 (short-GOP video, about a quarter the size on "
+                              "detailed footage, slower to load)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="folder / synthetic: share of each class for val."),
     seed: int = typer.Option(0, "--seed", help="folder / synthetic: seed of the split (and of the videos)."),
     train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="csv: train list (default ROOT/train.csv)."),
@@ -90,7 +93,7 @@ def prepare_command(
     if split not in ("1", "2", "3", "all"):
         raise typer.BadParameter(f"{split!r} is not one of 1, 2, 3, all", param_hint="--split")
     options = PrepareOptions(
-        dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode,
+        dataset=dataset, root=root, out=out, workers=workers or default_workers(), decode=decode, store=store,
         index=IndexOptions(split=1 if split == "all" else int(split), val_fraction=val_fraction, seed=seed,
                            train_csv=train_csv, val_csv=val_csv),
         synthetic=SyntheticOptions(classes=classes, videos_per_class=videos_per_class, frames=frames,

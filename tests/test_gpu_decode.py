@@ -4,6 +4,8 @@ The same code on a CUDA device (nvJPEG) is checked in test_gpu.py."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -19,7 +21,7 @@ from stadapt.data.gpu_decode import (
     pack_jpegs,
     resolve_decode,
 )
-from stadapt.data.store import entry_path
+from stadapt.data.store import FrameStore, entry_path, write_store
 from stadapt.errors import DataError
 from stadapt.model.build import build_model
 
@@ -78,6 +80,17 @@ def test_decode_choice(prepared_dir):
         resolve_decode("gpu", dataset, cpu)
     with pytest.raises(DataError, match="--decode 'nvdec': expected one of auto, cpu, gpu"):
         resolve_decode("nvdec", dataset, cpu)
+
+
+def test_an_h264_store_is_decoded_on_the_cpu(prepared_dir, tmp_path):
+    dataset, _ = eval_dataset(prepared_dir)
+    write_store(tmp_path / "h264", dataset.samples, short_side=48, codec="h264")
+    on_h264 = SimpleNamespace(store=FrameStore(tmp_path / "h264"))
+    cuda = torch.device("cuda")  # only its type is looked at
+    assert resolve_decode("auto", on_h264, cuda) == "cpu" and resolve_decode("auto", dataset, cuda) == "gpu"
+    with pytest.raises(DataError, match=r"with a JPEG store \(here: cuda, data.source = prepared, frames stored as "
+                                        r"h264\)"):
+        resolve_decode("gpu", on_h264, cuda)
 
 
 def test_batches_decoded_ahead_arrive_in_order_and_a_loader_error_reaches_the_caller(prepared_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -35,6 +36,19 @@ def test_folder_end_to_end_prints_the_summary(tmp_path, make_video, capsys):
 def test_unknown_dataset_lists_the_choices(tmp_path, capsys):
     assert prepare("kinetics", tmp_path) == 2
     assert "choose one of: k400, ssv2, ek100, ucf101, hmdb51, folder, csv, synthetic" in one_error_line(capsys)
+
+
+def test_decode_into_an_h264_store_and_a_bad_store_choice(tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ("synthetic", tmp_path / "videos", "--out", out, "--classes", 2, "--videos-per-class", 2,
+              "--frames", 12, "--workers", 1, "--decode")
+    assert prepare(*common, "--store", "png") == 2
+    assert "--store 'png': expected one of jpeg, h264" in one_error_line(capsys)
+    assert not out.exists() and not (tmp_path / "videos").exists()  # a failed start writes nothing
+    assert prepare(*common, "--store", "h264") == 0
+    info = json.loads((out / "store" / "info.json").read_text())
+    assert (info["format"], info["codec"], info["videos"], info["frames"]) == (3, "h264", 4, 48)
+    assert json.loads((out / "report.json").read_text())["store"]["codec"] == "h264"
 
 
 def test_missing_root(tmp_path, capsys):

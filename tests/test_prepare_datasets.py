@@ -581,19 +581,25 @@ def test_synthetic_and_decode_are_called_with_the_options_given(tmp_path, make_v
                 videos.append((path, f"class{c}"))
         return videos
 
-    def write_store(prepared_root, samples, short_side=256, workers=1, on_video=None):
-        calls["store"] = (prepared_root, sorted(s.path.name for s in samples), workers)
+    def write_store(prepared_root, samples, short_side=256, workers=1, on_video=None, codec="jpeg"):
+        calls["store"] = (prepared_root, sorted(s.path.name for s in samples), workers, codec)
         return {"videos": len(samples), "frames": 6 * len(samples), "bytes": 1, "seconds": 0.0}
+
+    def store_encoding(codec="jpeg"):
+        calls["checked"] = codec
+        return {}
 
     monkeypatch.setitem(sys.modules, "stadapt.data.synthetic",
                         types.SimpleNamespace(generate_synthetic=generate_synthetic))
-    monkeypatch.setitem(sys.modules, "stadapt.data.store", types.SimpleNamespace(write_store=write_store))
+    monkeypatch.setitem(sys.modules, "stadapt.data.store",
+                        types.SimpleNamespace(write_store=write_store, store_encoding=store_encoding))
     out = tmp_path / "out"
-    report = prepare(PrepareOptions("synthetic", tmp_path / "videos", out, decode=True, workers=1,
+    report = prepare(PrepareOptions("synthetic", tmp_path / "videos", out, decode=True, workers=1, store="h264",
                                     index=IndexOptions(val_fraction=0.25, seed=3),
                                     synthetic=SyntheticOptions(classes=2, videos_per_class=4, frames=8, size=(32, 16))))
     assert calls["generate"] == (tmp_path / "videos", 2, 4, 8, (32, 16), 3)
     assert (report["splits"]["train"]["videos"], report["splits"]["val"]["videos"]) == (6, 2)
     assert calls["store"][0] == out and len(calls["store"][1]) == 8
+    assert calls["checked"] == calls["store"][3] == "h264"  # checked before anything was written, then used
     assert report["store"]["videos"] == 8 and json.loads((out / "report.json").read_text())["store"]["videos"] == 8
     assert all(r["path"].startswith(("class0/", "class1/")) for r in rows(out, "train"))

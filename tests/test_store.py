@@ -135,7 +135,7 @@ def test_a_store_of_an_unknown_format_is_refused_in_one_line(tmp_path, videos):
     write_store(root, samples_of(videos[:1]), short_side=48)
     info = root / "store" / "info.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "format": 9}))
-    with pytest.raises(DataError, match=r"format 9, this stadapt reads 1, 2; run `stadapt prepare --decode` again"):
+    with pytest.raises(DataError, match=r"format 9, this stadapt reads 1, 2, 3; run `stadapt prepare --decode` again"):
         FrameStore(root)
 
 
@@ -152,3 +152,51 @@ def test_store_figures_give_size_per_hour_and_psnr_against_the_source(tmp_path, 
     assert figures[95]["store_encoding"] == {"format": 2, "short_side": 64, "jpeg_quality": 95, "chroma": "420"}
     assert 30 < figures[50]["store_psnr_db"] < figures[95]["store_psnr_db"] < 70
     assert figures[50]["store_gb_per_hour"] < figures[95]["store_gb_per_hour"]
+
+
+def test_an_h264_store_gives_the_same_frames_in_a_fraction_of_the_bytes(tmp_path, videos):
+    jpeg, h264 = tmp_path / "jpeg", tmp_path / "h264"
+    jpeg_bytes = write_store(jpeg, samples_of(videos), short_side=48)["bytes"]
+    summary = write_store(h264, samples_of(videos), short_side=48, codec="h264")
+    assert (summary["videos"], summary["frames"], summary["written"], summary["failed"]) == (6, 120, 6, [])
+    assert summary["bytes"] < 0.5 * jpeg_bytes
+    info = json.loads((h264 / "store" / "info.json").read_text())
+    assert (info["format"], info["codec"], info["gop"], info["crf"]) == (3, "h264", 4, 20)
+    assert (FrameStore(h264).codec, FrameStore(jpeg).codec) == ("h264", "jpeg")
+    indices = [0, 3, 4, 5, 5, 11, 19, 25]  # keyframes, frames after them, a repeat, past the end
+    for video in videos:
+        with FrameStore(h264).open(video) as entry, FrameStore(jpeg).open(video) as reference:
+            got = torch.stack(entry.read(indices)).float()
+            want = torch.stack(reference.read(list(range(20)))).float()
+        assert got.shape == (8, 3, 48, 72)
+        for i, frame in zip(indices, got):
+            error = (frame - want[min(i, 19)]).abs().mean()
+            # the same frame, not its neighbour: the synthetic objects move from frame to frame
+            assert error < 3 and error < (frame - want[min(i, 19) - 1]).abs().mean()
+    figures = store_figures(h264, videos)
+    assert figures["store_psnr_db"] > 33 and figures["store_encoding"]["codec"] == "h264"
+
+
+def test_an_h264_store_of_odd_sizes_and_a_change_of_codec_re_encodes(tmp_path, videos):
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos[:2]), short_side=48)
+    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264")["written"] == 2
+    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264")["unchanged"] == 2
+    with FrameStore(root).open(videos[0]) as entry:
+        assert entry.header["format"] == 3 and entry.read([2])[0].shape == (3, 47, 70)  # x264 codes 48×70
+        with pytest.raises(VideoReadError, match="holds no JPEGs"):
+            entry.read_jpegs([2])
+    assert write_store(root, samples_of(videos[:2]), short_side=47)["written"] == 2  # back to JPEG
+    with pytest.raises(DataError, match="--store 'png': expected one of jpeg, h264"):
+        write_store(root, samples_of(videos[:1]), codec="png")
+
+
+def test_a_damaged_h264_entry_is_reported_not_decoded(tmp_path, videos):
+    root = tmp_path / "prepared"
+    write_store(root, samples_of(videos[:1]), short_side=48, codec="h264")
+    entry = entry_path(root, videos[0])
+    data = bytearray(entry.read_bytes())
+    data[:60] = bytes(60)  # zeros over the first keyframe's sequence headers: its frames cannot decode
+    entry.write_bytes(bytes(data))
+    with FrameStore(root).open(videos[0]) as e, pytest.raises(VideoReadError, match="damaged H.264"):
+        e.read([0, 1, 2, 3])

@@ -41,15 +41,17 @@ DECODES = ("auto", "cpu", "gpu")
 
 
 def resolve_decode(decode: str, dataset: Dataset, device: torch.device) -> str:
-    """cpu or gpu: `auto` is gpu when the device is CUDA and the data comes from a prepared store."""
+    """cpu or gpu: `auto` is gpu when the device is CUDA and the data comes from a prepared JPEG store."""
     if decode not in DECODES:
         raise DataError(f"--decode {decode!r}: expected one of {', '.join(DECODES)}")
-    stored = getattr(dataset, "store", None) is not None
-    if decode == "gpu" and (device.type != "cuda" or not stored):
-        raise DataError("--decode gpu: needs a CUDA device and data.source = prepared "
-                        f"(here: {device.type}, data.source = {'prepared' if stored else 'raw'})")
+    store = getattr(dataset, "store", None)
+    jpegs = store is not None and store.codec == "jpeg"
+    if decode == "gpu" and (device.type != "cuda" or not jpegs):
+        kept = "raw" if store is None else f"prepared, frames stored as {store.codec}"
+        raise DataError("--decode gpu: needs a CUDA device and data.source = prepared with a JPEG store "
+                        f"(here: {device.type}, data.source = {kept})")
     if decode == "auto":
-        return "gpu" if device.type == "cuda" and stored else "cpu"
+        return "gpu" if device.type == "cuda" and jpegs else "cpu"
     return decode
 
 

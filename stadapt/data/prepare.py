@@ -57,6 +57,7 @@ class PrepareOptions:
     index: IndexOptions = field(default_factory=IndexOptions)
     workers: int = 1
     decode: bool = False
+    store: str = "jpeg"  # how --decode keeps the frames: jpeg or h264 (stadapt.data.store)
     synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
     probe_cache: Optional[Path] = None  # default OUT/probe-cache.json; prepare_splits shares one
 
@@ -91,6 +92,10 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
     """
     if options.dataset not in DATASETS:
         raise DataError(f"unknown dataset {options.dataset!r} (choose one of: {', '.join(DATASETS)})")
+    if options.decode:
+        from stadapt.data.store import store_encoding
+
+        store_encoding(codec=options.store)  # a bad --store stops here, before anything is written
     out = options.out or Path("data") / options.dataset
     started = time.monotonic()
     with _terminate_as_interrupt(), _output_lock(out):
@@ -121,7 +126,7 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
         texts[out / "report.json"] = report_text(report)
         atomic_write_texts(texts)
         if options.decode:
-            report["store"] = _decode(out, options.workers, console)
+            report["store"] = _decode(out, options.workers, console, options.store)
             report["seconds"]["total"] = round(time.monotonic() - started, 3)
             atomic_write_text(out / "report.json", report_text(report))
     return report
@@ -246,13 +251,13 @@ def _require_training_videos(report: dict[str, Any]) -> None:
                     f"{train['skipped']} rows skipped){example}")
 
 
-def _decode(out: Path, workers: int, console: Optional[Console]) -> dict:
+def _decode(out: Path, workers: int, console: Optional[Console], codec: str) -> dict:
     from stadapt.data.store import write_store  # on use: only --decode writes the frame store
 
     dataset = PreparedDataset.open(out)
     samples = [s for split in SPLITS for s in dataset.samples(split)]
     with _progress(console, "decoding into the store", len({s.path for s in samples})) as advance:
-        return write_store(out, samples, workers=workers, on_video=lambda _: advance())
+        return write_store(out, samples, workers=workers, on_video=lambda _: advance(), codec=codec)
 
 
 @contextlib.contextmanager

@@ -7,13 +7,18 @@ short side of `short_side` pixels and keeps every frame as its own JPEG, so a cl
 85 with optimised Huffman tables (`benchmarks/store_options.py` measured the choices:
 README, "Loading"); baseline JPEG is also what nvJPEG decodes on the GPU (stadapt.data.gpu_decode).
 
+With `codec = "h264"` (format 3) each frame is instead one packet of a short-GOP H.264
+stream (stadapt.data.h264_store): a quarter of the size on detailed footage, for three to four
+times the loading cost per clip, and no GPU decoding.
+
 Layout: `<prepared>/store/info.json` plus one entry file per video at
 `store/<h[:2]>/<h>.frames`, where h is the SHA-1 of the video's absolute path. An entry is
 
-    JPEG 0 | JPEG 1 | ... | offsets: (n+1) little-endian u64 | header JSON | u64 header length | MAGIC
+    frame 0 | frame 1 | ... | offsets: (n+1) little-endian u64 | header JSON | u64 header length | MAGIC
 
-The header records the format and the JPEG encoding. Format 1 entries (quality 90, written
-before the header named the encoding) read the same way; `prepare --decode` re-encodes them.
+where a frame is a JPEG file or an H.264 packet. The header records the format and the
+encoding. Format 1 entries (quality 90, written before the header named the encoding) read
+the same way; `prepare --decode` re-encodes them.
 The index sits at the end so a writer can stream frames of an hour-long video without
 holding them; the header records the source's size and mtime so an unchanged video is not
 decoded again. Entries are written to a temporary name and renamed, so an interrupted run
@@ -38,14 +43,17 @@ import torch
 from PIL import Image
 from torchvision.io import decode_jpeg
 
+from stadapt.data import h264_store
 from stadapt.data.decode import VideoReadError, upright
 from stadapt.data.manifest import Sample
-from stadapt.errors import DataError
+from stadapt.errors import DataError, first_line
 from stadapt.fileio import atomic_path, atomic_write_text
 
 MAGIC = b"STFRAME1"
-FORMAT = 2
-READABLE_FORMATS = (1, 2)
+FORMAT = 2  # JPEG entries
+H264_FORMAT = 3  # H.264 entries
+READABLE_FORMATS = (1, 2, 3)
+CODECS = ("jpeg", "h264")
 JPEG_QUALITY = 85
 CHROMA = "420"  # "420": chroma at half resolution both ways (what JPEG files usually hold); "444": full
 SUBSAMPLING = {"444": 0, "420": 2}  # PIL's names for them
@@ -64,23 +72,37 @@ def encode_frame(image: np.ndarray, quality: int = JPEG_QUALITY, chroma: str = C
     return buf.getvalue()
 
 
+def store_encoding(short_side: int = 256, codec: str = "jpeg", quality: int = JPEG_QUALITY,
+                   chroma: str = CHROMA) -> dict[str, Any]:
+    """The encoding a store records (and an entry must match to count as current)."""
+    if short_side < 16:
+        raise DataError(f"store short side = {short_side}: must be at least 16 pixels")
+    if codec not in CODECS:
+        raise DataError(f"--store {codec!r}: expected one of {', '.join(CODECS)}")
+    if codec == "h264":
+        return {"short_side": short_side, "codec": "h264", "gop": h264_store.GOP, "crf": h264_store.CRF}
+    if not 1 <= quality <= 95 or chroma not in SUBSAMPLING:
+        raise DataError(f"store JPEG quality {quality}, chroma {chroma!r}: expected 1..95 and one of "
+                        f"{', '.join(SUBSAMPLING)}")
+    return {"short_side": short_side, "jpeg_quality": quality, "chroma": chroma}
+
+
+def _format_of(encoding: dict[str, Any]) -> int:
+    return H264_FORMAT if encoding.get("codec") == "h264" else FORMAT
+
+
 def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 256, workers: int = 1,
                 on_video: Callable[[Path], None] | None = None, quality: int = JPEG_QUALITY,
-                chroma: str = CHROMA) -> dict:
+                chroma: str = CHROMA, codec: str = "jpeg") -> dict:
     """Decode every distinct video of `samples` into the store; skip those already stored and
     unchanged (same size and mtime, same short side and encoding). Unreadable videos are listed,
-    not fatal.
+    not fatal. `codec`: jpeg (a JPEG per frame) or h264 (stadapt.data.h264_store).
 
     Returns {videos, frames, bytes, seconds, written, unchanged, failed: [{path, error}]},
     where videos, frames and bytes describe the store entries of these samples.
     """
     start = time.perf_counter()
-    if short_side < 16:
-        raise DataError(f"store short side = {short_side}: must be at least 16 pixels")
-    if not 1 <= quality <= 95 or chroma not in SUBSAMPLING:
-        raise DataError(f"store JPEG quality {quality}, chroma {chroma!r}: expected 1..95 and one of "
-                        f"{', '.join(SUBSAMPLING)}")
-    encoding = {"short_side": short_side, "jpeg_quality": quality, "chroma": chroma}
+    encoding = store_encoding(short_side, codec, quality, chroma)
     root = Path(prepared_root)
     videos = list(dict.fromkeys(Path(os.path.abspath(s.path)) for s in samples))
     summary: dict[str, Any] = {"videos": 0, "frames": 0, "bytes": 0, "seconds": 0.0, "written": 0,
@@ -114,7 +136,7 @@ def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 25
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    info = {"format": FORMAT, **encoding, **{k: summary[k] for k in ("videos", "frames", "bytes")}}
+    info = {"format": _format_of(encoding), **encoding, **{k: summary[k] for k in ("videos", "frames", "bytes")}}
     atomic_write_text(root / "store" / "info.json", json.dumps(info, indent=2) + "\n")
     return summary
 
@@ -131,7 +153,8 @@ def _is_current(header: dict, video: Path, encoding: dict) -> bool:
     except OSError:
         return False
     same_source = (header.get("size"), header.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
-    return header.get("format") == FORMAT and same_source and all(header.get(k) == v for k, v in encoding.items())
+    return (header.get("format") == _format_of(encoding) and same_source
+            and all(header.get(k) == v for k, v in encoding.items()))
 
 
 def _store_video(video: Path, entry: Path, encoding: dict) -> tuple[int, int] | str:
@@ -141,24 +164,39 @@ def _store_video(video: Path, entry: Path, encoding: dict) -> tuple[int, int] | 
     except OSError as exc:
         return f"{video}: cannot open ({exc.strerror})"
     offsets = [0]
+
+    def write(fh, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            fh.write(chunk)
+            offsets.append(offsets[-1] + len(chunk))
+
     try:
         with av.open(str(video)) as container, atomic_path(entry) as tmp:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            size = None
+            size, encoder, frames = None, None, 0
             with open(tmp, "wb") as fh:
                 for frame in container.decode(stream):
                     if size is None:
                         size = _scaled_size(frame.width, frame.height, encoding["short_side"])
                     image = upright(scaled_rgb(frame, size), frame.rotation)  # as the decoder gives it
-                    jpeg = encode_frame(image, encoding["jpeg_quality"], encoding["chroma"])
-                    fh.write(jpeg)
-                    offsets.append(offsets[-1] + len(jpeg))
+                    frames += 1
+                    if encoding.get("codec") == "h264":
+                        if encoder is None:
+                            encoder = h264_store.H264Encoder(image.shape[1], image.shape[0], encoding["gop"],
+                                                             encoding["crf"])
+                        write(fh, encoder.encode(image))
+                    else:
+                        write(fh, [encode_frame(image, encoding["jpeg_quality"], encoding["chroma"])])
                 if size is None:
                     raise ValueError("no video frames")
+                if encoder is not None:
+                    write(fh, encoder.flush())
+                if len(offsets) - 1 != frames:
+                    raise ValueError(f"{len(offsets) - 1} stored frames of {frames} decoded")
                 rate = stream.average_rate or stream.guessed_rate
-                header = {"format": FORMAT, "source": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                          "num_frames": len(offsets) - 1, "fps": float(rate) if rate else None,
+                header = {"format": _format_of(encoding), "source": str(video), "size": st.st_size,
+                          "mtime_ns": st.st_mtime_ns, "num_frames": frames, "fps": float(rate) if rate else None,
                           "width": image.shape[1], "height": image.shape[0], **encoding}
                 blob = json.dumps(header).encode("utf-8")
                 fh.write(np.asarray(offsets, dtype="<u8").tobytes())
@@ -230,6 +268,11 @@ class FrameStore:
             raise DataError(f"{info}: frame store format {found!r}, this stadapt reads "
                             f"{', '.join(map(str, READABLE_FORMATS))}; run `stadapt prepare --decode` again")
 
+    @property
+    def codec(self) -> str:
+        """jpeg or h264: how the frames are kept (only a JPEG store can be decoded on the GPU)."""
+        return self.info.get("codec", "jpeg")
+
     def open(self, video: Path) -> "StoreEntry":
         entry = entry_path(self.root, video)
         try:
@@ -257,6 +300,8 @@ class StoreEntry:
         """Frames `indices` as 3×H×W uint8 tensors (a repeated index repeats the same tensor);
         indices past the end give the last frame. A list, not a stacked tensor: the transforms
         copy each frame's crop out anyway, and skipping the stack saves a full-frame copy."""
+        if self.header.get("codec") == "h264":
+            return self._read_h264(indices)
         unique, inverse = self._read_jpegs(indices)
         try:
             frames = decode_jpeg(unique)
@@ -266,25 +311,48 @@ class StoreEntry:
 
     def read_jpegs(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The JPEG files of frames `indices` as 1-d uint8 tensors, undecoded (as `read` picks them)."""
+        if self.header.get("codec") == "h264":
+            raise VideoReadError(f"{self.path}: an H.264 store entry holds no JPEGs (decode it on the CPU)")
         unique, inverse = self._read_jpegs(indices)
         return [unique[i] for i in inverse]
 
+    def _wanted(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct frames of `indices` (past the end: the last frame) in order, and for each
+        index its position among them."""
+        wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
+        return np.unique(wanted, return_inverse=True)
+
+    def _read_chunks(self, lo: int, hi: int) -> list[bytes]:
+        """The stored files (JPEGs or packets) of frames lo..hi, in one read."""
+        self.fh.seek(self._table + 8 * lo)
+        offsets = np.frombuffer(self.fh.read(8 * (hi - lo + 2)), dtype="<u8").astype(np.int64)
+        buf = bytearray(int(offsets[-1] - offsets[0]))
+        self.fh.seek(int(offsets[0]))
+        if len(offsets) != hi - lo + 2 or self.fh.readinto(buf) != len(buf):
+            raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
+        view = memoryview(buf)
+        starts = offsets - offsets[0]
+        return [view[int(a):int(b)] for a, b in zip(starts[:-1], starts[1:])]
+
     def _read_jpegs(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], np.ndarray]:
         """The distinct frames' JPEGs in frame order, and for each index its position among them."""
-        wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        lo, hi = int(unique[0]), int(unique[-1])
-        self.fh.seek(self._table + 8 * lo)
-        offsets = np.frombuffer(self.fh.read(8 * (hi - lo + 2)), dtype="<u8")
+        unique, inverse = self._wanted(indices)
         jpegs = []
-        for i in unique - lo:
-            start, stop = int(offsets[i]), int(offsets[i + 1])
-            buf = bytearray(stop - start)
-            self.fh.seek(start)
-            if self.fh.readinto(buf) != len(buf):
-                raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
+        for i in unique:  # one read per frame: a clip's 8 frames lie far apart in the file
+            buf = bytearray(self._read_chunks(int(i), int(i))[0])
             jpegs.append(torch.frombuffer(buf, dtype=torch.uint8))
         return jpegs, inverse
+
+    def _read_h264(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        unique, inverse = self._wanted(indices)
+        h = self.header
+        try:
+            frames = h264_store.decode_frames(unique.tolist(), self._read_chunks, h["gop"], h["width"], h["height"])
+        except (av.FFmpegError, ValueError) as exc:
+            raise VideoReadError(f"{self.path}: damaged H.264 in the frame store ({first_line(exc)}); "
+                                 "run `stadapt prepare --decode` again") from None
+        tensors = [torch.from_numpy(np.ascontiguousarray(frames[int(i)])).permute(2, 0, 1) for i in unique]
+        return [tensors[i] for i in inverse]
 
     def close(self) -> None:
         self.fh.close()
@@ -324,4 +392,5 @@ def store_figures(prepared_root: Path, videos: Sequence[Path], frames_per_video:
     return {"store_gb_per_hour": round(total_bytes / seconds * 3600 / 1e9, 3) if seconds else None,
             "store_psnr_db": round(float(10 * np.log10(255**2 / mse)), 2) if mse > 0 else None,
             "store_bytes_per_frame": round(total_bytes / frames) if frames else None,
-            "store_encoding": {k: store.info.get(k) for k in ("format", "short_side", "jpeg_quality", "chroma")}}
+            "store_encoding": {k: store.info[k] for k in ("format", "short_side", "codec", "jpeg_quality", "chroma",
+                                                          "gop", "crf") if k in store.info}}
