@@ -17,7 +17,8 @@
 #             CPU decoding in nproc-2 workers, then `stadapt bench run` against bench model (training
 #             end to end vs model only: whether training would gain from GPU decoding)
 #   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
-#   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference)
+#   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference);
+#             STORE=h264 prepares the H.264 store instead of the JPEG one (it needs more than 90 s)
 #   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode),
 #             then benchmarks/autotune_choices.py: cuBLAS against the best Triton template per product
 #   gputests  the rest of tests/test_gpu.py (fast path against fp32, side-stream copies)
@@ -40,6 +41,7 @@ GPU=${GPU:-gpu}
 DATA=data/k400like
 RUN=runs/k400like-untrained
 EVAL_SPLIT=evalrepeat  # the prepared videos listed REPEAT times, so eval runs long enough to time
+STORE=${STORE:-jpeg}  # the frame store prepare writes (prepare --store): jpeg or h264
 REPEAT=${REPEAT:-120}
 PARTS=${PARTS:-model eval stages tests loader autotune gputests}
 
@@ -75,7 +77,7 @@ model_part() {
 
 prepare_data() {
     [ -f "$DATA/store/info.json" ] || $STADAPT prepare synthetic "$DATA/videos" --out "$DATA" --classes 4 \
-        --videos-per-class 3 --frames 300 --size 340x256 --decode --workers "$(nproc)" || return 1
+        --videos-per-class 3 --frames 300 --size 340x256 --decode --store "$STORE" --workers "$(nproc)" || return 1
     $PY - "$DATA" "$EVAL_SPLIT" "$REPEAT" <<'EOF'
 import sys
 from pathlib import Path
@@ -138,7 +140,7 @@ train_e2e() {  # needs the model part's JSON of this run for the ratio
         --out "$OUT/run-k400_vitb-e2e-cuda-$GPU-$DAY.json"
 }
 
-export OUT DAY GPU DATA RUN EVAL_SPLIT REPEAT PY STADAPT PYTHONPATH
+export OUT DAY GPU DATA RUN EVAL_SPLIT REPEAT STORE PY STADAPT PYTHONPATH
 export -f model_part prepare_data untrained_run eval_with eval_vs_model train_e2e
 for p in $PARTS; do
     case $p in
@@ -166,8 +168,8 @@ for p in $PARTS; do
                    -k "graph_captured or jpeg_decoding" ;;
         loader)
             part prepare 90 prepare_data
-            part loader 90 $STADAPT bench loader --recipe k400_vitb --set "data.root=$DATA" --workers 1 \
-                --out "$OUT/loader-k400_vitb-1worker-${GPU}node-$DAY.json" ;;
+            part loader 150 $STADAPT bench loader --recipe k400_vitb --set "data.root=$DATA" --workers 1 \
+                --out "$OUT/loader-k400_vitb-1worker-${GPU}node-$DAY$( [ "$STORE" = jpeg ] || echo "-$STORE").json" ;;
         autotune)
             part autotune 400 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
                 --compile-mode max-autotune-no-cudagraphs --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-autotune.json"
