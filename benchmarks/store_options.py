@@ -48,7 +48,8 @@ OPTIONS = [("q90-420 (format 1)", 256, 90, "420"), ("q85-420", 256, 85, "420"), 
            ("q75-420", 256, 75, "420"), ("q90-444", 256, 90, "444"), ("q85-444", 256, 85, "444"),
            ("q85-420 short side 224", 224, 85, "420")]
 GOPS = (4, 8, 16)  # keyframe intervals of the short-GOP videos measured before the H.264 store was built
-H264_OPTIONS = [("H.264 store (format 3: GOP 4, crf 20, no B-frames)", 256)]
+H264_OPTIONS = [("H.264 store (format 3: GOP 4, crf 20, no B-frames)", 4),
+                ("H.264 store, GOP 2 (format 3, crf 20, no B-frames)", 2)]
 STADAPT = [sys.executable, "-m", "stadapt"]
 
 
@@ -160,13 +161,13 @@ def main() -> None:
         prepared = PreparedDataset.open(prepare(args.work, name))
         samples = prepared.samples("train") + prepared.samples("val")
         recipe = load_recipe("k400_vitb", [f"data.root={prepared.root}"])
-        chosen = [(*option, "jpeg") for option in OPTIONS] if "jpeg" in args.parts else []
+        chosen = [(*option, "jpeg", 4) for option in OPTIONS] if "jpeg" in args.parts else []
         if "h264" in args.parts:  # beside the JPEG store as format 2 writes it, in the same run
-            chosen += [] if "jpeg" in args.parts else [(*OPTIONS[1], "jpeg")]
-            chosen += [(label, side, 85, "420", "h264") for label, side in H264_OPTIONS]
-        for label, short_side, quality, chroma, codec in chosen:
+            chosen += [] if "jpeg" in args.parts else [(*OPTIONS[1], "jpeg", 4)]
+            chosen += [(label, 256, 85, "420", "h264", gop) for label, gop in H264_OPTIONS]
+        for label, short_side, quality, chroma, codec, gop in chosen:
             write_store(prepared.root, samples, short_side=short_side, workers=os.cpu_count() or 1,
-                        quality=quality, chroma=chroma, codec=codec)
+                        quality=quality, chroma=chroma, codec=codec, gop=gop)
             result = bench_loader(recipe, workers=1, source="prepared", num_clips=args.clips, reference_clips=6,
                                   rounds=2, recipe_path="k400_vitb")
             row = {"data": name, "option": label, **{k: v for k, v in result.items() if k.startswith("store_")},

@@ -180,15 +180,18 @@ def test_an_h264_store_gives_the_same_frames_in_a_fraction_of_the_bytes(tmp_path
 def test_an_h264_store_of_odd_sizes_and_a_change_of_codec_re_encodes(tmp_path, videos):
     root = tmp_path / "prepared"
     write_store(root, samples_of(videos[:2]), short_side=48)
-    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264")["written"] == 2
-    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264")["unchanged"] == 2
+    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264", gop=2)["written"] == 2
+    assert write_store(root, samples_of(videos[:2]), short_side=47, codec="h264", gop=2)["unchanged"] == 2
     with FrameStore(root).open(videos[0]) as entry:
-        assert entry.header["format"] == 3 and entry.read([2])[0].shape == (3, 47, 70)  # x264 codes 48×70
+        assert (entry.header["format"], entry.header["gop"]) == (3, 2)
+        assert [f.shape for f in entry.read([2, 3, 19])] == [(3, 47, 70)] * 3  # x264 codes 48×70
         with pytest.raises(VideoReadError, match="holds no JPEGs"):
             entry.read_jpegs([2])
     assert write_store(root, samples_of(videos[:2]), short_side=47)["written"] == 2  # back to JPEG
     with pytest.raises(DataError, match="--store 'png': expected one of jpeg, h264"):
         write_store(root, samples_of(videos[:1]), codec="png")
+    with pytest.raises(DataError, match="keyframe interval 0: must be at least 1"):
+        write_store(root, samples_of(videos[:1]), codec="h264", gop=0)
 
 
 def test_a_damaged_h264_entry_is_reported_not_decoded(tmp_path, videos):

@@ -73,14 +73,17 @@ def encode_frame(image: np.ndarray, quality: int = JPEG_QUALITY, chroma: str = C
 
 
 def store_encoding(short_side: int = 256, codec: str = "jpeg", quality: int = JPEG_QUALITY,
-                   chroma: str = CHROMA) -> dict[str, Any]:
-    """The encoding a store records (and an entry must match to count as current)."""
+                   chroma: str = CHROMA, gop: int = h264_store.GOP) -> dict[str, Any]:
+    """The encoding a store records (and an entry must match to count as current); `gop` is
+    the H.264 store's keyframe interval."""
     if short_side < 16:
         raise DataError(f"store short side = {short_side}: must be at least 16 pixels")
     if codec not in CODECS:
         raise DataError(f"--store {codec!r}: expected one of {', '.join(CODECS)}")
     if codec == "h264":
-        return {"short_side": short_side, "codec": "h264", "gop": h264_store.GOP, "crf": h264_store.CRF}
+        if gop < 1:
+            raise DataError(f"store keyframe interval {gop}: must be at least 1")
+        return {"short_side": short_side, "codec": "h264", "gop": gop, "crf": h264_store.CRF}
     if not 1 <= quality <= 95 or chroma not in SUBSAMPLING:
         raise DataError(f"store JPEG quality {quality}, chroma {chroma!r}: expected 1..95 and one of "
                         f"{', '.join(SUBSAMPLING)}")
@@ -93,7 +96,7 @@ def _format_of(encoding: dict[str, Any]) -> int:
 
 def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 256, workers: int = 1,
                 on_video: Callable[[Path], None] | None = None, quality: int = JPEG_QUALITY,
-                chroma: str = CHROMA, codec: str = "jpeg") -> dict:
+                chroma: str = CHROMA, codec: str = "jpeg", gop: int = h264_store.GOP) -> dict:
     """Decode every distinct video of `samples` into the store; skip those already stored and
     unchanged (same size and mtime, same short side and encoding). Unreadable videos are listed,
     not fatal. `codec`: jpeg (a JPEG per frame) or h264 (stadapt.data.h264_store).
@@ -102,7 +105,7 @@ def write_store(prepared_root: Path, samples: list[Sample], short_side: int = 25
     where videos, frames and bytes describe the store entries of these samples.
     """
     start = time.perf_counter()
-    encoding = store_encoding(short_side, codec, quality, chroma)
+    encoding = store_encoding(short_side, codec, quality, chroma, gop)
     root = Path(prepared_root)
     videos = list(dict.fromkeys(Path(os.path.abspath(s.path)) for s in samples))
     summary: dict[str, Any] = {"videos": 0, "frames": 0, "bytes": 0, "seconds": 0.0, "written": 0,
