@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,16 @@ def test_bench_loader_json(prepared_dir, tmp_path):
     assert result["store_encoding"]["jpeg_quality"] == 85
     saved = list((tmp_path / "benchmarks" / "results").glob("loader-demo-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == result
+
+
+def test_bench_loader_table_shows_the_store(prepared_dir, tmp_path):
+    done = stadapt("bench", "loader", "--recipe", "demo", "--set", f"data.root={prepared_dir}", "--workers", "0",
+                   "--clips", "4", "--batch-size", "4", "--rounds", "1", "--reference-clips", "1",
+                   "--out", str(tmp_path / "loader.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "loader.json").read_text())
+    assert re.search(rf"store_gb_per_hour\s+│\s+{result['store_gb_per_hour']}\s", done.stdout)
+    assert "store_encoding" in done.stdout and "jpeg_quality 85" in done.stdout
 
 
 def test_bench_loader_bad_data_root_is_one_line(tmp_path, capsys):

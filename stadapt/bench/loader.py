@@ -106,6 +106,11 @@ def loader_table(result: dict[str, Any]) -> Table:
                 "clips_per_cpu_s", "reference_clips_per_cpu_s", "cpu_speedup_vs_reference",
                 "num_frames", "crop", "batch_size", "clips_timed", "skipped_videos", "cpu"):
         table.add_row(key, str(result[key]))
+    for key in ("store_gb_per_hour", "store_psnr_db", "store_bytes_per_frame"):  # a prepared store only
+        if key in result:
+            table.add_row(key, str(result[key]))
+    if "store_encoding" in result:
+        table.add_row("store_encoding", ", ".join(f"{k} {v}" for k, v in result["store_encoding"].items()))
     return table
 
 
