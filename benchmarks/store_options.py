@@ -49,7 +49,8 @@ OPTIONS = [("q90-420 (format 1)", 256, 90, "420"), ("q85-420", 256, 85, "420"), 
            ("q85-420 short side 224", 224, 85, "420")]
 GOPS = (4, 8, 16)  # keyframe intervals of the short-GOP videos measured before the H.264 store was built
 H264_OPTIONS = [("H.264 store (format 3: GOP 4, crf 20, no B-frames)", 4),
-                ("H.264 store, GOP 2 (format 3, crf 20, no B-frames)", 2)]
+                ("H.264 store, GOP 2 (format 3, crf 20, no B-frames)", 2),
+                ("H.264 store, GOP 1: every frame a keyframe (format 3, crf 20)", 1)]
 STADAPT = [sys.executable, "-m", "stadapt"]
 
 
