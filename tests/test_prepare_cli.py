@@ -45,6 +45,9 @@ def test_decode_into_an_h264_store_and_a_bad_store_choice(tmp_path, capsys):
     assert prepare(*common, "--store", "png") == 2
     assert "--store 'png': expected one of jpeg, h264" in one_error_line(capsys)
     assert not out.exists() and not (tmp_path / "videos").exists()  # a failed start writes nothing
+    assert prepare(*common[:-1], "--store", "h264") == 2  # without --decode there is no store to write
+    assert "--store h264: the frame store is written only with --decode" in one_error_line(capsys)
+    assert not out.exists()
     assert prepare(*common, "--store", "h264") == 0
     info = json.loads((out / "store" / "info.json").read_text())
     assert (info["format"], info["codec"], info["videos"], info["frames"]) == (3, "h264", 4, 48)

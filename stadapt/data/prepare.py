@@ -96,6 +96,8 @@ def prepare(options: PrepareOptions, console: Optional[Console] = None) -> dict[
         from stadapt.data.store import store_encoding
 
         store_encoding(codec=options.store)  # a bad --store stops here, before anything is written
+    elif options.store != "jpeg":
+        raise DataError(f"--store {options.store}: the frame store is written only with --decode (add it)")
     out = options.out or Path("data") / options.dataset
     started = time.monotonic()
     with _terminate_as_interrupt(), _output_lock(out):
