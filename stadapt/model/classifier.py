@@ -31,8 +31,11 @@ class Classifier(nn.Module):
         for head in self.heads.values():
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
-        self.image_mean: Sequence[float] = mean  # the builder sets the backbone's own
-        self.image_std: Sequence[float] = std
+        # mean and std × 255 as 3×1×1×1 buffers: they move with the model, so normalising a batch
+        # builds no tensors and copies nothing to the device (in eager CUDA a blocking copy a step).
+        self.register_buffer("_pixel_mean", torch.zeros(3, 1, 1, 1), persistent=False)
+        self.register_buffer("_pixel_std", torch.ones(3, 1, 1, 1), persistent=False)
+        self.image_mean, self.image_std = mean, std  # the builder sets the backbone's own
         self.unwrap_single_head = False
         self.grad_checkpointing = False
         self.impl = "fast"  # "reference": as published (patch convolution, nn.Conv3d adapters, ...)
@@ -52,10 +55,26 @@ class Classifier(nn.Module):
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def image_mean(self) -> tuple[float, ...]:
+        return self._image_mean
+
+    @image_mean.setter
+    def image_mean(self, mean: Sequence[float]) -> None:
+        self._image_mean = tuple(float(v) for v in mean)
+        self._pixel_mean.copy_(torch.tensor(self._image_mean).view(3, 1, 1, 1) * 255)
+
+    @property
+    def image_std(self) -> tuple[float, ...]:
+        return self._image_std
+
+    @image_std.setter
+    def image_std(self, std: Sequence[float]) -> None:
+        self._image_std = tuple(float(v) for v in std)
+        self._pixel_std.copy_(torch.tensor(self._image_std).view(3, 1, 1, 1) * 255)
+
     def normalise(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 pixels → float32 (x/255 - mean) / std; float input is returned as it is."""
         if video.dtype != torch.uint8:
             return video
-        mean = torch.tensor(self.image_mean, dtype=torch.float32, device=video.device).view(3, 1, 1, 1) * 255
-        std = torch.tensor(self.image_std, dtype=torch.float32, device=video.device).view(3, 1, 1, 1) * 255
-        return (video.float() - mean) / std
+        return (video.float() - self._pixel_mean.float()) / self._pixel_std.float()
