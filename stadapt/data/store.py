@@ -325,25 +325,36 @@ class StoreEntry:
         wanted = np.minimum(np.asarray(indices, dtype=np.int64).reshape(-1), self.num_frames - 1)
         return np.unique(wanted, return_inverse=True)
 
-    def _read_chunks(self, lo: int, hi: int) -> list[bytes]:
-        """The stored files (JPEGs or packets) of frames lo..hi, in one read."""
+    def _offsets(self, lo: int, hi: int) -> np.ndarray:
+        """Where the stored files (JPEGs or packets) of frames lo..hi start, and where the last ends."""
         self.fh.seek(self._table + 8 * lo)
         offsets = np.frombuffer(self.fh.read(8 * (hi - lo + 2)), dtype="<u8").astype(np.int64)
-        buf = bytearray(int(offsets[-1] - offsets[0]))
-        self.fh.seek(int(offsets[0]))
-        if len(offsets) != hi - lo + 2 or self.fh.readinto(buf) != len(buf):
+        if len(offsets) != hi - lo + 2:
             raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
-        view = memoryview(buf)
-        starts = offsets - offsets[0]
-        return [view[int(a):int(b)] for a, b in zip(starts[:-1], starts[1:])]
+        return offsets
+
+    def _read_bytes(self, start: int, stop: int) -> bytearray:
+        buf = bytearray(stop - start)
+        self.fh.seek(start)
+        if self.fh.readinto(buf) != len(buf):
+            raise VideoReadError(f"{self.path}: truncated frame store entry; run `stadapt prepare --decode` again")
+        return buf
+
+    def _read_chunks(self, lo: int, hi: int) -> list[memoryview]:
+        """The stored files of frames lo..hi, in one read (an H.264 run from its keyframe)."""
+        offsets = self._offsets(lo, hi)
+        view = memoryview(self._read_bytes(int(offsets[0]), int(offsets[-1])))
+        starts = (offsets - offsets[0]).tolist()
+        return [view[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
     def _read_jpegs(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], np.ndarray]:
-        """The distinct frames' JPEGs in frame order, and for each index its position among them."""
+        """The distinct frames' JPEGs in frame order, and for each index its position among them:
+        one read of the offset table, then one read per frame (a clip's frames lie far apart)."""
         unique, inverse = self._wanted(indices)
-        jpegs = []
-        for i in unique:  # one read per frame: a clip's 8 frames lie far apart in the file
-            buf = bytearray(self._read_chunks(int(i), int(i))[0])
-            jpegs.append(torch.frombuffer(buf, dtype=torch.uint8))
+        lo = int(unique[0])
+        offsets = self._offsets(lo, int(unique[-1])).tolist()
+        jpegs = [torch.frombuffer(self._read_bytes(offsets[i], offsets[i + 1]), dtype=torch.uint8)
+                 for i in (unique - lo).tolist()]
         return jpegs, inverse
 
     def _read_h264(self, indices: Sequence[int]) -> list[torch.Tensor]:
