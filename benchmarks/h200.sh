@@ -11,6 +11,10 @@
 #             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
 #   stages    benchmarks/gpu_decode_stages.py: each stage of eval's GPU decoding timed alone (loader
 #             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
+#   decoders  benchmarks/jpeg_decoders.py: eval's GPU decoding with torchvision's nvJPEG, nvImageCodec on the
+#             hardware JPEG engines, and both sharing each batch: alone, with the model, and fed by the real
+#             loader, against the model alone; then shares of the videos decoded in the loader workers beside
+#             nvJPEG (DECODERS_ARGS: the script's --decoders and --cpu-shares)
 #   overlap   benchmarks/gpu_decode_overlap.py: whether nvJPEG waits for work queued elsewhere on the
 #             device, and eval's consumer loop fed by the decode thread in several arrangements
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
@@ -25,7 +29,8 @@
 #   freezing  (not in the default PARTS) bench model with TORCHINDUCTOR_FREEZING=1: inductor folds the
 #             frozen weights into the inference graphs (candidate for inference and latency only)
 # At most 8 files come back from the GPU machine: h200.log plus at most 7 JSON files.
-# Missing pure-Python packages (open_clip, typer, av, decord) travel as wheels in .whl/.
+# Missing packages (open_clip, av, decord; nvImageCodec and libnvjpeg for the decoders part) travel as
+# wheels in .whl/: benchmarks/fetch_wheels.sh fetches them within the 64 MiB a call carries.
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -68,6 +73,8 @@ fi
 export PYTHONPATH=${PYTHONPATH:-}
 $PY -c "import torch, torchvision, open_clip, av, decord, typer; print('torch', torch.__version__, 'torchvision',
 torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" || echo "== imports failed"
+$PY -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)" 2>/dev/null \
+    || echo "== no nvImageCodec: the decoders part measures torchvision's nvJPEG alone"
 STADAPT="$PY -m stadapt"
 
 model_part() {
@@ -158,6 +165,10 @@ for p in $PARTS; do
             part prepare 120 prepare_data
             part overlap 240 $PY -m benchmarks.gpu_decode_overlap "$DATA" "$EVAL_SPLIT" ${OVERLAP_ARGS:-} \
                 --out "$OUT/gpu-decode-overlap-$GPU-$DAY.json" ;;
+        decoders)
+            part prepare 120 prepare_data
+            part decoders 300 $PY -m benchmarks.jpeg_decoders "$DATA" "$EVAL_SPLIT" ${DECODERS_ARGS:-} \
+                --out "$OUT/jpeg-decoders-$GPU-$DAY.json" ;;
         stages)
             part prepare 120 prepare_data
             part stages 120 $PY -m benchmarks.gpu_decode_stages "$DATA" "$EVAL_SPLIT" \

@@ -145,7 +145,7 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
     from torch.utils.data import DataLoader
 
     from stadapt.data.dataset import build_dataset
-    from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips
+    from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips, pack_jpegs
 
     recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4",
                                           "data.test_views.spatial=3", "data.test_resize=72"])
@@ -157,6 +157,14 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
     difference = (clips.cpu().int() - expected.int()).abs().float()
     print(f"nvJPEG against the CPU path: mean {difference.mean():.3f}, max {difference.max():.0f} levels")
     assert difference.mean() < 1.0 and difference.quantile(0.999) <= 8  # two decoders' and resamplers' rounding
+    assert torch.equal(decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, torch.device("cuda"))[0], clips)
+
+    items = [StoredJpegClips(dataset)[i] for i in range(3)]
+    items[1].update(pack_jpegs([torch.frombuffer(bytearray(b"\xff\xd8 not a JPEG"), dtype=torch.uint8)] * 8))
+    damaged = collate_jpegs(items)
+    again, ok = decode_clips(batch_jpegs(damaged), damaged["ok"], recipe.data, torch.device("cuda"))
+    assert ok.tolist() == [True, False, True] and again[1].eq(0).all()
+    assert torch.equal(again[0], clips[0]) and torch.equal(again[2], clips[2])
 
     model = stadapt.build_model(recipe).cuda().eval()
     with torch.no_grad():

@@ -4,6 +4,7 @@ The same code on a CUDA device (nvJPEG) is checked in test_gpu.py."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -125,3 +126,48 @@ def test_the_eval_loop_reports_where_it_decoded_and_its_clips_per_second(prepare
     _, whole = eval_dataset(prepared_dir, "train.device_batch_size=8", "train.workers=0",
                             "data.test_views.temporal=3")  # all 4 videos in one batch
     assert predict_split(model, dataset, whole, DistContext()).clips_per_s is None  # nothing left to time
+
+
+def test_the_decode_thread_ends_when_the_consumer_stops_early(prepared_dir):
+    dataset, recipe = eval_dataset(prepared_dir)
+    loader = DataLoader(StoredJpegClips(dataset), batch_size=1, collate_fn=collate_jpegs)
+    assert len(loader) >= 4  # one taken, one queued, one waiting to be queued, one never read
+    batches = decoded_batches(loader, recipe.data, torch.device("cpu"), ahead=1)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name == "stadapt-gpu-decode"]
+
+
+def test_a_decoder_that_marks_files_undecodable_makes_only_their_videos_not_ok(prepared_dir):
+    from torchvision.io import decode_jpeg
+
+    dataset, recipe = eval_dataset(prepared_dir)
+    batch = collate_jpegs([StoredJpegClips(dataset)[i] for i in range(3)])
+    jpegs = batch_jpegs(batch)
+    damaged = jpegs[1][3].data_ptr()
+
+    def per_file(files):  # as nvImageCodec reports it: None in the failed file's place, no exception
+        return [None if f.data_ptr() == damaged else decode_jpeg(f) for f in files]
+
+    clips, ok = decode_clips(jpegs, batch["ok"], recipe.data, torch.device("cpu"), per_file)
+    assert ok.tolist() == [True, False, True] and clips[1].eq(0).all()
+    assert torch.equal(clips[0], dataset[0]["clip"]) and torch.equal(clips[2], dataset[2]["clip"])
+
+
+def test_a_share_of_the_videos_decoded_in_the_workers_joins_the_batch_in_place(prepared_dir):
+    dataset, recipe = eval_dataset(prepared_dir, "data.test_resize=56", "data.crop=48")
+    items = StoredJpegClips(dataset, cpu_share=0.5)
+    assert [items.on_cpu(i) for i in range(4)] == [False, True, False, True]
+    loader = DataLoader(items, batch_size=4, collate_fn=collate_jpegs, num_workers=1)
+    batch = next(iter(loader))
+    assert batch["cpu_rows"].tolist() == [1, 3] and batch["jpeg_counts"].tolist() == [8, 0, 8, 0]
+    (_, clips, ok), = list(decoded_batches([batch], recipe.data, torch.device("cpu")))
+    expected = torch.stack([dataset[i]["clip"] for i in batch["index"].tolist()])
+    assert ok.all() and clips.shape == expected.shape
+    assert torch.equal(clips[1], expected[1]) and torch.equal(clips[3], expected[3])  # the workers' own clips
+    assert (clips[0].int() - expected[0].int()).abs().max() <= 2  # decoded in the batch: the resamplers' rounding
+    every = collate_jpegs([StoredJpegClips(dataset, cpu_share=1.0)[i] for i in range(2)])
+    (_, clips, ok), = list(decoded_batches([every], recipe.data, torch.device("cpu")))
+    assert ok.all() and torch.equal(clips, expected[:2])  # nothing left to decode in the batch
+    with pytest.raises(DataError, match="--cpu-share 1.5"):
+        StoredJpegClips(dataset, cpu_share=1.5)

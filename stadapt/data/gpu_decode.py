@@ -10,8 +10,10 @@ equal the CPU path's up to the rounding of the two JPEG decoders and resamplers.
 decodes the next batches on a side stream while the model computes the current one
 (`decoded_batches`): decoding in turn with the model would add its whole time to each step.
 The overlap is partial: while the model runs, torchvision's nvJPEG call (its own pool stream,
-synchronised at each call, one call at a time) takes about three times as long as alone,
-whatever our stream's priority (benchmarks/gpu_decode_overlap.py, README "Performance").
+synchronised at each call, one call at a time) takes about three times as long as alone. The
+H200's hardware JPEG engines through nvImageCodec, alone or sharing each batch with nvJPEG,
+did no better with the model running (benchmarks/jpeg_decoders.py, README "Performance"), so
+nvJPEG stays; `decoder` takes another batched decoder for such measurements.
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -22,9 +24,11 @@ decoding itself.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import queue
 import threading
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,18 +62,27 @@ def resolve_decode(decode: str, dataset: Dataset, device: torch.device) -> str:
 class StoredJpegClips(Dataset):
     """The test items of a VideoDataset over a store, with the JPEGs of their frames instead of
     decoded clips: {"jpegs": the frames' files one after the other (1-d uint8, views' frames in
-    order), "jpeg_sizes": each file's length, "label", "index", "ok"}."""
+    order), "jpeg_sizes": each file's length, "label", "index", "ok"}. A `cpu_share` of the
+    items, spread evenly, are decoded in the loader worker as the CPU path does instead
+    ("clip", no JPEGs), so that the workers decode beside the GPU."""
 
-    def __init__(self, dataset: VideoDataset):
+    def __init__(self, dataset: VideoDataset, cpu_share: float = 0.0):
         if dataset.store is None or dataset.train:
             raise ValueError("StoredJpegClips reads the test items of a dataset with a frame store")
-        self.dataset = dataset
+        if not 0.0 <= cpu_share <= 1.0:
+            raise DataError(f"--cpu-share {cpu_share}: expected a fraction from 0 to 1")
+        self.dataset, self.cpu_share = dataset, cpu_share
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def on_cpu(self, index: int) -> bool:
+        return int((index + 1) * self.cpu_share) > int(index * self.cpu_share)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         ds = self.dataset
+        if self.on_cpu(index):
+            return {**pack_jpegs([]), **ds[index]}
         sample = ds.samples[index]
         try:
             with ds.store.open(sample.path) as entry:
@@ -88,16 +101,21 @@ def pack_jpegs(jpegs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"jpegs": torch.cat(list(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8), "jpeg_sizes": sizes}
 
 
-PACKED = ("jpegs", "jpeg_sizes")
+PACKED = ("jpegs", "jpeg_sizes", "clip")
 
 
 def collate_jpegs(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch: every video's bytes in one buffer, all frames' sizes, each video's frame count
-    (`jpeg_counts`), everything else collated as usual."""
+    (`jpeg_counts`), the clips decoded in the workers (`cpu_clips`, of the rows `cpu_rows`),
+    everything else collated as usual."""
     rest = default_collate([{k: v for k, v in item.items() if k not in PACKED} for item in items])
+    cpu_rows = [i for i, item in enumerate(items) if "clip" in item]
+    clips = {"cpu_rows": torch.tensor(cpu_rows, dtype=torch.int64),
+             "cpu_clips": torch.stack([items[i]["clip"] for i in cpu_rows])} if cpu_rows else {}
     return {"jpegs": torch.cat([item["jpegs"] for item in items]),
             "jpeg_sizes": torch.cat([item["jpeg_sizes"] for item in items]),
-            "jpeg_counts": torch.tensor([len(item["jpeg_sizes"]) for item in items], dtype=torch.int64), **rest}
+            "jpeg_counts": torch.tensor([len(item["jpeg_sizes"]) for item in items], dtype=torch.int64),
+            **clips, **rest}
 
 
 def batch_jpegs(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
@@ -107,16 +125,27 @@ def batch_jpegs(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
     return [list(frames[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def decode_clips(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor, data: DataConfig,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 N×V×3×T×S×S clips on `device`, ok): one batched decode of every frame, then each
-    video's views. A video whose JPEGs fail to decode becomes not ok (zeros), as the CPU path
-    reports an unreadable video."""
+JpegFiles = Sequence[torch.Tensor]  # encoded files, 1-d uint8 on the host
+DecodedFrames = list[Optional[torch.Tensor]]  # 3×H×W uint8 on the device, None where a file did not decode
+JpegDecoder = Callable[[JpegFiles], DecodedFrames]  # raises RuntimeError where a whole call fails
+
+
+def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
+    """torchvision.io.decode_jpeg on a list: nvJPEG on CUDA, libjpeg-turbo on the CPU. A damaged
+    file fails the whole call."""
+    return functools.partial(decode_jpeg, device=device)
+
+
+def decode_clips(jpegs: Sequence[JpegFiles], ok: torch.Tensor, data: DataConfig, device: torch.device,
+                 decoder: Optional[JpegDecoder] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 N×V×3×T×S×S clips on `device`, ok): one batched decode of every frame (by `decoder`,
+    default nvjpeg_decoder(device)), then each video's views. A video whose JPEGs fail to decode
+    becomes not ok (zeros), as the CPU path reports an unreadable video."""
     d = data
     views = d.test_views.temporal * d.test_views.spatial
     ok = ok.clone().bool()
     out = torch.zeros((len(jpegs), views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8, device=device)
-    frames = _decode_all(jpegs, ok, device)
+    frames = _decode_all(jpegs, ok, decoder or nvjpeg_decoder(device))
     by_shape: dict[tuple[int, ...], list[int]] = {}  # one resize for all videos of a frame size
     for i, video in enumerate(frames):
         if video is not None:
@@ -127,25 +156,26 @@ def decode_clips(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor, data
     return out, ok
 
 
-def _decode_all(jpegs: Sequence[Sequence[torch.Tensor]], ok: torch.Tensor,
-                device: torch.device) -> list[Optional[list[torch.Tensor]]]:
-    """Decoded frames per video (None where not ok); one call for the batch, per video on a failure."""
+def _decode_all(jpegs: Sequence[JpegFiles], ok: torch.Tensor, decoder: JpegDecoder) -> list[Optional[DecodedFrames]]:
+    """Decoded frames per video (None where not ok, ok updated); one call for the batch, one per
+    video where that call fails."""
     wanted = [i for i, video in enumerate(jpegs) if ok[i] and len(video)]
-    ok[[i for i in range(len(jpegs)) if i not in wanted]] = False
-    result: list[Optional[list[torch.Tensor]]] = [None] * len(jpegs)
     try:
-        flat = decode_jpeg([j for i in wanted for j in jpegs[i]], device=device)
-    except RuntimeError:  # a damaged JPEG fails the whole call: find the video it belongs to
+        flat = decoder([j for i in wanted for j in jpegs[i]]) if wanted else []
+        bounds = [0, *itertools.accumulate(len(jpegs[i]) for i in wanted)]
+        decoded: list[Optional[DecodedFrames]] = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+    except RuntimeError:  # a damaged JPEG fails torchvision's whole call: find the video it belongs to
+        decoded = []
         for i in wanted:
             try:
-                result[i] = decode_jpeg(list(jpegs[i]), device=device)
+                decoded.append(decoder(list(jpegs[i])))
             except RuntimeError:
-                ok[i] = False
-        return result
-    start = 0
-    for i in wanted:
-        result[i] = flat[start:start + len(jpegs[i])]
-        start += len(jpegs[i])
+                decoded.append(None)
+    result: list[Optional[DecodedFrames]] = [None] * len(jpegs)
+    for i, frames in zip(wanted, decoded):
+        if frames is not None and all(f is not None for f in frames):
+            result[i] = frames
+    ok &= torch.tensor([r is not None for r in result], dtype=torch.bool)
     return result
 
 
@@ -168,20 +198,29 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
 
 
 def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
-                    ahead: int = 2, priority: int = 0) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
-    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips in a thread
-    up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the caller's
-    stream waits for; benchmarks/gpu_decode_overlap.py measured that a high priority does not
-    speed it up)."""
+                    ahead: int = 2, priority: int = 0, decoder: Optional[JpegDecoder] = None,
+                    ) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips (with `decoder`)
+    in a thread up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the
+    caller's stream waits for; benchmarks/gpu_decode_overlap.py measured that a high priority does
+    not speed up torchvision's decoder)."""
+    decoder = decoder or nvjpeg_decoder(device)
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()  # set when the consumer stops early: the thread ends instead of waiting on `ready`
     side = torch.cuda.Stream(device, priority=priority) if device.type == "cuda" else None
 
     def decode_ahead() -> None:
         try:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for batch in loader:
-                    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device)
+                    if stop.is_set():
+                        return
+                    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device, decoder)
+                    if "cpu_rows" in batch:  # decoded in the workers
+                        rows = batch["cpu_rows"]
+                        clips[rows.to(device)] = batch["cpu_clips"].to(device)
+                        ok[rows] = batch["ok"][rows].bool()
                     event = side.record_event() if side is not None else None
                     ready.put((batch, clips, ok, event))
         except BaseException as exc:  # handed to the consumer, raised there
@@ -189,13 +228,20 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
             return
         ready.put(done)
 
-    threading.Thread(target=decode_ahead, name="stadapt-gpu-decode", daemon=True).start()
-    while (item := ready.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        batch, clips, ok, event = item
-        if event is not None:
-            current = torch.cuda.current_stream(device)
-            current.wait_event(event)
-            clips.record_stream(current)  # allocated on the side stream, used on this one
-        yield batch, clips, ok
+    thread = threading.Thread(target=decode_ahead, name="stadapt-gpu-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            batch, clips, ok, event = item
+            if event is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                clips.record_stream(current)  # allocated on the side stream, used on this one
+            yield batch, clips, ok
+    finally:
+        stop.set()
+        while thread.is_alive():  # take what it still puts, so that it sees `stop`
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)

@@ -1,0 +1,279 @@
+"""Eval's GPU decoding with each batched JPEG decoder, in one run on one CUDA device.
+
+For each decoder (torchvision's nvJPEG; nvImageCodec with the hardware JPEG engines first and
+CUDA for the rest, as stadapt uses it; nvImageCodec's hardware engines alone; its CUDA decoder
+alone), with the batches of a prepared store read into memory first:
+
+- `host_ms_per_call`: the decoder's call alone on one batch's files, the host's time until
+  the device has finished;
+- `decode_alone_clips_s`: `decode_clips` (decode, resize, crops) alone;
+- `with_model_clips_s`: eval's consumer loop, the graph-captured model with softmax of the 3
+  views and the results to the host, fed by `decoded_batches` from the in-memory batches;
+- `with_the_real_loader_clips_s`: the same loop fed by eval's loader (4 workers), as `stadapt
+  eval` runs it;
+
+each against the model alone in the same run (`*_vs_model_alone`), and how far each decoder's
+views are from torchvision's (levels). A decoder that cannot run on this machine is recorded
+with its error. Then `cpu_share`: the real loader's loop with torchvision where the workers
+decode that share of the videos on the CPU (StoredJpegClips' cpu_share, `stadapt eval
+--cpu-share`).
+
+    python -m benchmarks.jpeg_decoders DATA_ROOT SPLIT --out FILE.json [--decoders NAME,…] [--cpu-shares 0.2,…]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import faulthandler
+import itertools
+import json
+import signal
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import stadapt
+from stadapt.bench.results import device_name, now, versions
+from stadapt.data.dataset import build_dataset
+from stadapt.data.gpu_decode import (
+    StoredJpegClips,
+    batch_jpegs,
+    collate_jpegs,
+    decode_clips,
+    decoded_batches,
+    nvjpeg_decoder,
+)
+from stadapt.model.build import build_model
+from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
+
+VIDEOS_PER_BATCH = 32  # eval's: 2 × train.batch_size 48 // 3 views
+BATCHES_IN_MEMORY = 6
+STEPS = 24
+WORKERS = 4
+
+
+
+class NvImageCodecJpegs:
+    """nvImageCodec's batched decoder on the GPU's hardware JPEG engines (HW_GPU_ONLY), planar RGB
+    as torchvision's, on the caller's current stream; None for a file it cannot decode. With
+    `reuse`, a call decodes into the previous call's buffers when it has as many files (the
+    frames it returned before are overwritten in stream order)."""
+
+    def __init__(self, device: torch.device, reuse: bool = False):
+        from nvidia import nvimgcodec
+
+        self.device, self._codec, self._reuse = device, nvimgcodec, reuse
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self._decoder = nvimgcodec.Decoder(device_id=index,
+                                           backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
+        self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                               sample_format=nvimgcodec.SampleFormat.P_RGB)
+        self._images: list[Any] = []
+
+    def __call__(self, files: Any) -> list[Any]:
+        streams = [self._codec.CodeStream(f.numpy()) for f in files]
+        reused = self._images if self._reuse and len(self._images) == len(files) else None
+        images = self._decoder.decode(streams, images=reused, params=self._params,
+                                      cuda_stream=torch.cuda.current_stream(self.device).cuda_stream)
+        if self._reuse and all(image is not None for image in images):
+            self._images = images
+        return [None if image is None else torch.from_dlpack(image) for image in images]
+
+
+class SplitJpegs:
+    """Each call's first `share` of the files on the hardware engines (nvImageCodec, in a helper
+    thread, on the caller's stream) while torchvision decodes the rest: the engines and the SMs
+    at once."""
+
+    def __init__(self, device: torch.device, share: float):
+        self.device, self.share = device, share
+        self.engines, self.nvjpeg = NvImageCodecJpegs(device), nvjpeg_decoder(device)
+        self.helper = concurrent.futures.ThreadPoolExecutor(1)
+
+    def __call__(self, files: Any) -> list[Any]:
+        cut = round(len(files) * self.share)
+        stream = torch.cuda.current_stream(self.device)
+
+        def on_engines() -> list[Any]:
+            with torch.cuda.stream(stream):
+                return self.engines(files[:cut])
+
+        first = self.helper.submit(on_engines)
+        rest = self.nvjpeg(files[cut:])
+        return first.result() + list(rest)
+
+
+DECODERS: dict[str, tuple[str, Callable[[torch.device], Any]]] = {
+    "nvjpeg": ("torchvision", nvjpeg_decoder),
+    "engines": ("nvimgcodec hardware engines", NvImageCodecJpegs),
+    "engines-reuse": ("nvimgcodec hardware engines, reusing buffers",
+                      lambda device: NvImageCodecJpegs(device, reuse=True)),
+    "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3)),
+    "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5)),
+}
+PHASE_S = 45  # a phase still running after this dumps every thread's stack and the decoder is given up
+
+
+def nvimgcodec_version() -> str | None:
+    try:
+        from nvidia import nvimgcodec
+    except ImportError:
+        return None
+    return nvimgcodec.__version__
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root")
+    parser.add_argument("split")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--decoders", default=",".join(DECODERS),
+                        help=f"which of them, comma-separated ({', '.join(DECODERS)})")
+    parser.add_argument("--cpu-shares", default="0.2,0.3,0.4", help="shares decoded in the workers, comma-separated")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    configure_backends(device)
+    recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={args.root}",
+                                               "data.source=prepared", "model.num_classes=4"])
+    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    test_items = build_dataset(recipe, args.split, train=False)
+    dataset = StoredJpegClips(test_items)
+    items = [dataset[i % len(dataset)] for i in range(VIDEOS_PER_BATCH * BATCHES_IN_MEMORY)]
+    batches = [collate_jpegs(items[i:i + VIDEOS_PER_BATCH]) for i in range(0, len(items), VIDEOS_PER_BATCH)]
+
+    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
+    forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
+
+    def model_step(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, recipe.train.precision):
+            out = forward(x.flatten(0, 1))
+        return F.softmax(out["label"].float(), dim=-1).view(x.shape[0], views, -1).mean(dim=1).cpu()
+
+    def rate(step: Callable[[], int]) -> float:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize(device)
+        start, clips_done = time.perf_counter(), 0
+        for _ in range(STEPS):
+            clips_done += step()
+        torch.cuda.synchronize(device)
+        return round(clips_done / (time.perf_counter() - start), 1)
+
+    def loop(source: Any, decoder: Any) -> float:
+        """clips/s of eval's consumer loop over decoded_batches of `source`."""
+        decoded = decoded_batches(source, recipe.data, device, decoder=decoder)
+
+        def step() -> int:
+            _, x, _ = next(decoded)
+            model_step(x)
+            return x.shape[0] * x.shape[1]
+
+        try:
+            return rate(step)
+        finally:
+            decoded.close()  # its thread ends before the next phase uses the decoder
+
+    def decode_rate(decoder: Any) -> float:
+        """clips/s of decode_clips alone over the in-memory batches."""
+        cycle = itertools.cycle(batches)
+
+        def step() -> int:
+            batch = next(cycle)
+            return decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, device, decoder)[0].shape[0] * views
+
+        return rate(step)
+
+    def host_ms(decoder: Any) -> float:
+        files = [f for video in batch_jpegs(batches[0]) for f in video]
+        decoder(files)
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(5):
+            decoder(files)
+        torch.cuda.synchronize(device)
+        return round(1000 * (time.perf_counter() - start) / 5, 2)
+
+    def phase(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), timed out after PHASE_S (every thread's stack goes to the log first)."""
+        print(f"  {time.strftime('%T')} {name}", flush=True)
+        faulthandler.dump_traceback_later(PHASE_S - 5)
+        signal.alarm(PHASE_S)
+        try:
+            value = fn(*args)
+            print(f"    {value if isinstance(value, float) else ''}", flush=True)
+            return value
+        finally:
+            signal.alarm(0)
+            faulthandler.cancel_dump_traceback_later()
+
+    def timeout(*_: Any) -> None:
+        raise TimeoutError(f"a phase ran over {PHASE_S} s")
+
+    signal.signal(signal.SIGALRM, timeout)
+    first = batch_jpegs(batches[0])
+    reference = decode_clips(first, batches[0]["ok"], recipe.data, device, nvjpeg_decoder(device))[0]
+    model_alone = rate(lambda: model_step(reference).shape[0] * views)
+    results: dict[str, Any] = {}
+    for key in args.decoders.split(","):
+        name, make = DECODERS[key]
+        try:
+            print(name, flush=True)
+            decoder = make(device)
+            clips, ok = phase("first batch", decode_clips, first, batches[0]["ok"], recipe.data, device, decoder)
+            if not ok.all():
+                raise RuntimeError(f"{int((~ok).sum())} of {len(ok)} videos did not decode")
+            difference = (clips.int() - reference.int()).abs().float()
+            call_ms = phase("host ms per call", host_ms, decoder)
+            alone = phase("decode alone", decode_rate, decoder)
+            in_memory = phase("with the model", loop, itertools.islice(itertools.cycle(batches), STEPS + 8), decoder)
+            real = phase("with the real loader", loop, DataLoader(dataset, batch_size=VIDEOS_PER_BATCH,
+                                                                  num_workers=WORKERS, collate_fn=collate_jpegs),
+                         decoder)
+            results[name] = {
+                "host_ms_per_call": call_ms,
+                "levels_vs_torchvision_mean": round(difference.mean().item(), 4),
+                "levels_vs_torchvision_max": difference.max().item(),
+                "decode_alone_clips_s": alone,
+                "with_model_clips_s": in_memory,
+                "with_model_vs_model_alone": round(in_memory / model_alone, 3),
+                "with_the_real_loader_clips_s": real,
+                "with_the_real_loader_vs_model_alone": round(real / model_alone, 3),
+            }
+        except Exception as exc:  # one decoder failing or hanging should not lose the others' figures
+            results[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        print(name, results[name], flush=True)
+
+    shares: dict[str, Any] = {}
+    for share in [float(x) for x in args.cpu_shares.split(",") if x]:
+        loader = DataLoader(StoredJpegClips(test_items, share), batch_size=VIDEOS_PER_BATCH, num_workers=WORKERS,
+                            collate_fn=collate_jpegs)
+        try:
+            clips_s = phase(f"cpu share {share}", loop, loader, nvjpeg_decoder(device))
+            shares[str(share)] = {"with_the_real_loader_clips_s": clips_s,
+                                  "with_the_real_loader_vs_model_alone": round(clips_s / model_alone, 3)}
+        except Exception as exc:
+            shares[str(share)] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+
+    result = {
+        "benchmark": "jpeg_decoders",
+        "device_name": device_name(device),
+        "versions": {**versions("stadapt", "torch", "torchvision", "cuda"), "nvimgcodec": nvimgcodec_version()},
+        "date": now(),
+        "videos_per_batch": VIDEOS_PER_BATCH,
+        "clips_per_batch": VIDEOS_PER_BATCH * views,
+        "loader_workers": WORKERS,
+        "model_alone_clips_s": model_alone,
+        "decoders": results,
+        "cpu_share": shares,
+    }
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
