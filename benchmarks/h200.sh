@@ -13,8 +13,7 @@
 #             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
 #   decoders  benchmarks/jpeg_decoders.py: eval's GPU decoding with torchvision's nvJPEG, nvImageCodec on the
 #             hardware JPEG engines, and both sharing each batch: alone, with the model, and fed by the real
-#             loader, against the model alone; then shares of the videos decoded in the loader workers beside
-#             nvJPEG (DECODERS_ARGS: the script's --decoders and --cpu-shares)
+#             loader, against the model alone (DECODERS_ARGS: the script's --decoders)
 #   overlap   benchmarks/gpu_decode_overlap.py: whether nvJPEG waits for work queued elsewhere on the
 #             device, and eval's consumer loop fed by the decode thread in several arrangements
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,

@@ -14,11 +14,10 @@ alone), with the batches of a prepared store read into memory first:
 
 each against the model alone in the same run (`*_vs_model_alone`), and how far each decoder's
 views are from torchvision's (levels). A decoder that cannot run on this machine is recorded
-with its error. Then `cpu_share`: the real loader's loop with torchvision where the workers
-decode that share of the videos on the CPU (StoredJpegClips' cpu_share, `stadapt eval
---cpu-share`).
+with its error. (At commit 6c0a581 it also measured the real loader's loop with a share of the
+videos decoded in the workers on the CPU: `--cpu-shares`.)
 
-    python -m benchmarks.jpeg_decoders DATA_ROOT SPLIT --out FILE.json [--decoders NAME,…] [--cpu-shares 0.2,…]
+    python -m benchmarks.jpeg_decoders DATA_ROOT SPLIT --out FILE.json [--decoders NAME,…]
 """
 
 from __future__ import annotations
@@ -133,15 +132,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--decoders", default=",".join(DECODERS),
                         help=f"which of them, comma-separated ({', '.join(DECODERS)})")
-    parser.add_argument("--cpu-shares", default="0.2,0.3,0.4", help="shares decoded in the workers, comma-separated")
     args = parser.parse_args()
     device = torch.device("cuda")
     configure_backends(device)
     recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={args.root}",
                                                "data.source=prepared", "model.num_classes=4"])
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
-    test_items = build_dataset(recipe, args.split, train=False)
-    dataset = StoredJpegClips(test_items)
+    dataset = StoredJpegClips(build_dataset(recipe, args.split, train=False))
     items = [dataset[i % len(dataset)] for i in range(VIDEOS_PER_BATCH * BATCHES_IN_MEMORY)]
     batches = [collate_jpegs(items[i:i + VIDEOS_PER_BATCH]) for i in range(0, len(items), VIDEOS_PER_BATCH)]
 
@@ -247,17 +244,6 @@ def main() -> None:
             results[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         print(name, results[name], flush=True)
 
-    shares: dict[str, Any] = {}
-    for share in [float(x) for x in args.cpu_shares.split(",") if x]:
-        loader = DataLoader(StoredJpegClips(test_items, share), batch_size=VIDEOS_PER_BATCH, num_workers=WORKERS,
-                            collate_fn=collate_jpegs)
-        try:
-            clips_s = phase(f"cpu share {share}", loop, loader, nvjpeg_decoder(device))
-            shares[str(share)] = {"with_the_real_loader_clips_s": clips_s,
-                                  "with_the_real_loader_vs_model_alone": round(clips_s / model_alone, 3)}
-        except Exception as exc:
-            shares[str(share)] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-
     result = {
         "benchmark": "jpeg_decoders",
         "device_name": device_name(device),
@@ -268,7 +254,6 @@ def main() -> None:
         "loader_workers": WORKERS,
         "model_alone_clips_s": model_alone,
         "decoders": results,
-        "cpu_share": shares,
     }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

@@ -153,21 +153,3 @@ def test_a_decoder_that_marks_files_undecodable_makes_only_their_videos_not_ok(p
     assert ok.tolist() == [True, False, True] and clips[1].eq(0).all()
     assert torch.equal(clips[0], dataset[0]["clip"]) and torch.equal(clips[2], dataset[2]["clip"])
 
-
-def test_a_share_of_the_videos_decoded_in_the_workers_joins_the_batch_in_place(prepared_dir):
-    dataset, recipe = eval_dataset(prepared_dir, "data.test_resize=56", "data.crop=48")
-    items = StoredJpegClips(dataset, cpu_share=0.5)
-    assert [items.on_cpu(i) for i in range(4)] == [False, True, False, True]
-    loader = DataLoader(items, batch_size=4, collate_fn=collate_jpegs, num_workers=1)
-    batch = next(iter(loader))
-    assert batch["cpu_rows"].tolist() == [1, 3] and batch["jpeg_counts"].tolist() == [8, 0, 8, 0]
-    (_, clips, ok), = list(decoded_batches([batch], recipe.data, torch.device("cpu")))
-    expected = torch.stack([dataset[i]["clip"] for i in batch["index"].tolist()])
-    assert ok.all() and clips.shape == expected.shape
-    assert torch.equal(clips[1], expected[1]) and torch.equal(clips[3], expected[3])  # the workers' own clips
-    assert (clips[0].int() - expected[0].int()).abs().max() <= 2  # decoded in the batch: the resamplers' rounding
-    every = collate_jpegs([StoredJpegClips(dataset, cpu_share=1.0)[i] for i in range(2)])
-    (_, clips, ok), = list(decoded_batches([every], recipe.data, torch.device("cpu")))
-    assert ok.all() and torch.equal(clips, expected[:2])  # nothing left to decode in the batch
-    with pytest.raises(DataError, match="--cpu-share 1.5"):
-        StoredJpegClips(dataset, cpu_share=1.5)

@@ -12,8 +12,9 @@ decodes the next batches on a side stream while the model computes the current o
 The overlap is partial: while the model runs, torchvision's nvJPEG call (its own pool stream,
 synchronised at each call, one call at a time) takes about three times as long as alone. The
 H200's hardware JPEG engines through nvImageCodec, alone or sharing each batch with nvJPEG,
-did no better with the model running (benchmarks/jpeg_decoders.py, README "Performance"), so
-nvJPEG stays; `decoder` takes another batched decoder for such measurements.
+did no better with the model running, nor did a share of the videos decoded in the loader
+workers beside it (benchmarks/jpeg_decoders.py, README "Performance"), so nvJPEG decodes
+every frame; `decoder` takes another batched decoder for such measurements.
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -62,27 +63,18 @@ def resolve_decode(decode: str, dataset: Dataset, device: torch.device) -> str:
 class StoredJpegClips(Dataset):
     """The test items of a VideoDataset over a store, with the JPEGs of their frames instead of
     decoded clips: {"jpegs": the frames' files one after the other (1-d uint8, views' frames in
-    order), "jpeg_sizes": each file's length, "label", "index", "ok"}. A `cpu_share` of the
-    items, spread evenly, are decoded in the loader worker as the CPU path does instead
-    ("clip", no JPEGs), so that the workers decode beside the GPU."""
+    order), "jpeg_sizes": each file's length, "label", "index", "ok"}."""
 
-    def __init__(self, dataset: VideoDataset, cpu_share: float = 0.0):
+    def __init__(self, dataset: VideoDataset):
         if dataset.store is None or dataset.train:
             raise ValueError("StoredJpegClips reads the test items of a dataset with a frame store")
-        if not 0.0 <= cpu_share <= 1.0:
-            raise DataError(f"--cpu-share {cpu_share}: expected a fraction from 0 to 1")
-        self.dataset, self.cpu_share = dataset, cpu_share
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def on_cpu(self, index: int) -> bool:
-        return int((index + 1) * self.cpu_share) > int(index * self.cpu_share)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         ds = self.dataset
-        if self.on_cpu(index):
-            return {**pack_jpegs([]), **ds[index]}
         sample = ds.samples[index]
         try:
             with ds.store.open(sample.path) as entry:
@@ -101,21 +93,16 @@ def pack_jpegs(jpegs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"jpegs": torch.cat(list(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8), "jpeg_sizes": sizes}
 
 
-PACKED = ("jpegs", "jpeg_sizes", "clip")
+PACKED = ("jpegs", "jpeg_sizes")
 
 
 def collate_jpegs(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch: every video's bytes in one buffer, all frames' sizes, each video's frame count
-    (`jpeg_counts`), the clips decoded in the workers (`cpu_clips`, of the rows `cpu_rows`),
-    everything else collated as usual."""
+    (`jpeg_counts`), everything else collated as usual."""
     rest = default_collate([{k: v for k, v in item.items() if k not in PACKED} for item in items])
-    cpu_rows = [i for i, item in enumerate(items) if "clip" in item]
-    clips = {"cpu_rows": torch.tensor(cpu_rows, dtype=torch.int64),
-             "cpu_clips": torch.stack([items[i]["clip"] for i in cpu_rows])} if cpu_rows else {}
     return {"jpegs": torch.cat([item["jpegs"] for item in items]),
             "jpeg_sizes": torch.cat([item["jpeg_sizes"] for item in items]),
-            "jpeg_counts": torch.tensor([len(item["jpeg_sizes"]) for item in items], dtype=torch.int64),
-            **clips, **rest}
+            "jpeg_counts": torch.tensor([len(item["jpeg_sizes"]) for item in items], dtype=torch.int64), **rest}
 
 
 def batch_jpegs(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
@@ -217,10 +204,6 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
                     if stop.is_set():
                         return
                     clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device, decoder)
-                    if "cpu_rows" in batch:  # decoded in the workers
-                        rows = batch["cpu_rows"]
-                        clips[rows.to(device)] = batch["cpu_clips"].to(device)
-                        ok[rows] = batch["ok"][rows].bool()
                     event = side.record_event() if side is not None else None
                     ready.put((batch, clips, ok, event))
         except BaseException as exc:  # handed to the consumer, raised there
