@@ -43,19 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import stadapt
 import stadapt.data.gpu_decode as gpu_decode
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
 from stadapt.bench.results import device_name, now, versions
-from stadapt.data.dataset import build_dataset
-from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips, decoded_batches
+from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decoded_batches
 from stadapt.data.transforms import spatial_crops
 from stadapt.model.build import build_model
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
 from stadapt.recipe import DataConfig
-
-VIDEOS_PER_BATCH = 32  # eval's: 2 × train.batch_size 48 // 3 views
-BATCHES_IN_MEMORY = 6
-STEPS = 24
 
 
 def queue_products(stream: torch.cuda.Stream, seconds: float, device: torch.device) -> None:
@@ -142,12 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     configure_backends(device)
-    recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={args.root}",
-                                               "data.source=prepared", "model.num_classes=4"])
+    recipe, dataset, batches = jpeg_batches(args.root, args.split)
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
-    dataset = StoredJpegClips(build_dataset(recipe, args.split, train=False))
-    items = [dataset[i % len(dataset)] for i in range(VIDEOS_PER_BATCH * BATCHES_IN_MEMORY)]
-    batches = [collate_jpegs(items[i:i + VIDEOS_PER_BATCH]) for i in range(0, len(items), VIDEOS_PER_BATCH)]
 
     def decode(batch: dict[str, Any]) -> torch.Tensor:
         return decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, device)[0]
@@ -180,15 +171,8 @@ def main() -> None:
             out = (forward if graphs else plain)(x.flatten(0, 1))
         return F.softmax(out["label"].float(), dim=-1).view(x.shape[0], views, -1).mean(dim=1)
 
-    def rate(step: Callable[[], int], steps: int = STEPS) -> float:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize(device)
-        start, clips_done = time.perf_counter(), 0
-        for _ in range(steps):
-            clips_done += step()
-        torch.cuda.synchronize(device)
-        return round(clips_done / (time.perf_counter() - start), 1)
+    def rate(step: Callable[[], int]) -> float:
+        return clips_per_s(step, device)
 
     cycle = itertools.cycle(batches)
     model_alone = rate(lambda: model_step(clips).cpu().shape[0] * views)

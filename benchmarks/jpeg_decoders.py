@@ -35,11 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import stadapt
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
 from stadapt.bench.results import device_name, now, versions
-from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import (
-    StoredJpegClips,
     batch_jpegs,
     collate_jpegs,
     decode_clips,
@@ -49,9 +47,6 @@ from stadapt.data.gpu_decode import (
 from stadapt.model.build import build_model
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
 
-VIDEOS_PER_BATCH = 32  # eval's: 2 × train.batch_size 48 // 3 views
-BATCHES_IN_MEMORY = 6
-STEPS = 24
 WORKERS = 4
 
 
@@ -135,12 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     configure_backends(device)
-    recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={args.root}",
-                                               "data.source=prepared", "model.num_classes=4"])
+    recipe, dataset, batches = jpeg_batches(args.root, args.split)
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
-    dataset = StoredJpegClips(build_dataset(recipe, args.split, train=False))
-    items = [dataset[i % len(dataset)] for i in range(VIDEOS_PER_BATCH * BATCHES_IN_MEMORY)]
-    batches = [collate_jpegs(items[i:i + VIDEOS_PER_BATCH]) for i in range(0, len(items), VIDEOS_PER_BATCH)]
 
     model = place_model(build_model(recipe), device, recipe.train.precision).eval()
     forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
@@ -151,14 +142,7 @@ def main() -> None:
         return F.softmax(out["label"].float(), dim=-1).view(x.shape[0], views, -1).mean(dim=1).cpu()
 
     def rate(step: Callable[[], int]) -> float:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize(device)
-        start, clips_done = time.perf_counter(), 0
-        for _ in range(STEPS):
-            clips_done += step()
-        torch.cuda.synchronize(device)
-        return round(clips_done / (time.perf_counter() - start), 1)
+        return clips_per_s(step, device)
 
     def loop(source: Any, decoder: Any) -> float:
         """clips/s of eval's consumer loop over decoded_batches of `source`."""

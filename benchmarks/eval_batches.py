@@ -1,0 +1,41 @@
+"""What the GPU-decoding benchmarks share: the K400 recipe over a prepared store, eval's test
+items as JPEGs with a few batches of them read into memory (so that no loader workers are in
+the way), and a clips/s timer for eval's loop."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+import stadapt
+from stadapt.data.dataset import build_dataset
+from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs
+from stadapt.recipe import Recipe
+
+VIDEOS_PER_BATCH = 32  # eval's: 2 × train.batch_size 48 // 3 views
+BATCHES_IN_MEMORY = 6
+STEPS = 24
+
+
+def jpeg_batches(root: str, split: str) -> tuple[Recipe, StoredJpegClips, list[dict[str, Any]]]:
+    """(the K400 recipe on `root`, the split's items as JPEGs, BATCHES_IN_MEMORY collated batches of them)."""
+    recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={root}", "data.source=prepared",
+                                               "model.num_classes=4"])
+    dataset = StoredJpegClips(build_dataset(recipe, split, train=False))
+    items = [dataset[i % len(dataset)] for i in range(VIDEOS_PER_BATCH * BATCHES_IN_MEMORY)]
+    return recipe, dataset, [collate_jpegs(items[i:i + VIDEOS_PER_BATCH])
+                             for i in range(0, len(items), VIDEOS_PER_BATCH)]
+
+
+def clips_per_s(step: Callable[[], int], device: torch.device, steps: int = STEPS) -> float:
+    """Clips/s of `step` (which returns the clips it did) over `steps` calls after 3 untimed ones."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize(device)
+    start, clips_done = time.perf_counter(), 0
+    for _ in range(steps):
+        clips_done += step()
+    torch.cuda.synchronize(device)
+    return round(clips_done / (time.perf_counter() - start), 1)
