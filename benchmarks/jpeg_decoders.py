@@ -1,8 +1,9 @@
 """Eval's GPU decoding with each batched JPEG decoder, in one run on one CUDA device.
 
-For each decoder (torchvision's nvJPEG; nvImageCodec with the hardware JPEG engines first and
-CUDA for the rest, as stadapt uses it; nvImageCodec's hardware engines alone; its CUDA decoder
-alone), with the batches of a prepared store read into memory first:
+For each batched decoder (`--decoders`: torchvision's nvJPEG, as `stadapt eval` decodes;
+nvImageCodec on the GPU's hardware JPEG engines, with fresh or reused buffers; each batch
+shared between the engines and nvJPEG at once, a third or a half on the engines), with the
+batches of a prepared store read into memory first:
 
 - `host_ms_per_call`: the decoder's call alone on one batch's files, the host's time until
   the device has finished;
