@@ -152,4 +152,3 @@ def test_a_decoder_that_marks_files_undecodable_makes_only_their_videos_not_ok(p
     clips, ok = decode_clips(jpegs, batch["ok"], recipe.data, torch.device("cpu"), per_file)
     assert ok.tolist() == [True, False, True] and clips[1].eq(0).all()
     assert torch.equal(clips[0], dataset[0]["clip"]) and torch.equal(clips[2], dataset[2]["clip"])
-
