@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 import stadapt.data.gpu_decode as gpu_decode
 from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
-from stadapt.bench.results import device_name, now, versions
+from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decoded_batches
 from stadapt.data.transforms import spatial_crops
 from stadapt.model.build import build_model
@@ -315,8 +315,7 @@ def main() -> None:
         "model_alone_without_cuda_graphs_clips_s": rate(lambda: model_step(clips, False).cpu().shape[0] * views),
         "who_waits": diagnosis,
     }
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_result(result, args.out)
     print(json.dumps(result, indent=2))
 
 

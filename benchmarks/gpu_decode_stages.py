@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg
 
 import stadapt
-from stadapt.bench.results import device_name, now, versions
+from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips, decoded_batches
 
@@ -113,8 +113,7 @@ def main() -> None:
         "loader_and_decode_thread_clips_s": round(rate_of(decoded_batches(loader(WORKERS), recipe.data, device),
                                                           lambda item: item[1].shape[0] * item[1].shape[1]), 1),
     }
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_result(result, args.out)
     print(json.dumps(result, indent=2))
 
 

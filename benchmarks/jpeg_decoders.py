@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
-from stadapt.bench.results import device_name, now, versions
+from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
     batch_jpegs,
     collate_jpegs,
@@ -240,8 +240,7 @@ def main() -> None:
         "model_alone_clips_s": model_alone,
         "decoders": results,
     }
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_result(result, args.out)
     print(json.dumps(result, indent=2))
 
 
