@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 import stadapt.data.gpu_decode as gpu_decode
 from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
 from stadapt.bench.results import device_name, now, versions, write_result
-from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decoded_batches
+from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decode_frames, decoded_batches
 from stadapt.data.transforms import spatial_crops
 from stadapt.model.build import build_model
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
@@ -211,9 +211,7 @@ def main() -> None:
 
         # 4. Where decode_clips spends device time, and candidate views.
         profiles = {"decode_clips": kernel_ms(lambda: decode(batches[0]))}
-        first = gpu_decode._decode_all(batch_jpegs(batches[0]), batches[0]["ok"].clone().bool(), device)
-        frames = [f for video in first for f in video]
-        stacked = torch.stack(frames).view(VIDEOS_PER_BATCH, -1, *frames[0].shape)
+        stacked = decode_frames(batch_jpegs(batches[0]), batches[0]["ok"], device).groups[0][1]
         today = gpu_decode.eval_views(stacked, recipe.data)
         profiles["eval_views today"] = kernel_ms(lambda: gpu_decode.eval_views(stacked, recipe.data))
         candidates: dict[str, Any] = {}
@@ -222,7 +220,7 @@ def main() -> None:
             try:
                 diff = (fn(stacked, recipe.data).int() - today.int()).abs().float()
                 profiles[f"eval_views, {name}"] = kernel_ms(lambda fn=fn: fn(stacked, recipe.data))
-                gpu_decode.eval_views = fn  # decode_clips looks it up at each call
+                gpu_decode.eval_views = fn  # clip_views looks it up at each call
                 candidates[name] = {"levels_vs_today_mean": round(diff.mean().item(), 4),
                                     "levels_vs_today_max": diff.max().item(),
                                     "decode_alone_clips_s": rate(lambda: decode(next(cycle)).shape[0] * views),

@@ -8,12 +8,15 @@
 #             adapter overhead, with --profile
 #   eval      `stadapt eval` end to end, 3 temporal views, on `prepare synthetic --frames 300
 #             --size 340x256 --decode` data, at most 4 loader workers: GPU JPEG decoding, then CPU
-#             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model)
+#             decoding, each against `stadapt bench model` inference at the same batch (eval_vs_model);
+#             EVAL_DECODES picks the decodings (default: gpu cpu)
 #   stages    benchmarks/gpu_decode_stages.py: each stage of eval's GPU decoding timed alone (loader
 #             workers, nvJPEG from 1, 2 and 4 threads, decode + views, workers + decode thread)
 #   decoders  benchmarks/jpeg_decoders.py: eval's GPU decoding with torchvision's nvJPEG, nvImageCodec on the
 #             hardware JPEG engines, and both sharing each batch: alone, with the model, and fed by the real
 #             loader, against the model alone (DECODERS_ARGS: the script's --decoders)
+#   views     benchmarks/gpu_decode_views.py: eval's loop with the views of the decoded frames computed on the
+#             decode thread's side stream or on the consumer's stream, from memory and from the real loader
 #   overlap   benchmarks/gpu_decode_overlap.py: whether nvJPEG waits for work queued elsewhere on the
 #             device, and eval's consumer loop fed by the decode thread in several arrangements
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
@@ -47,6 +50,7 @@ RUN=runs/k400like-untrained
 EVAL_SPLIT=evalrepeat  # the prepared videos listed REPEAT times, so eval runs long enough to time
 STORE=${STORE:-jpeg}  # the frame store prepare writes (prepare --store): jpeg or h264
 REPEAT=${REPEAT:-120}
+EVAL_DECODES=${EVAL_DECODES:-gpu cpu}
 PARTS=${PARTS:-model eval stages tests loader autotune gputests}
 
 # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, time left); its exit status is logged.
@@ -154,12 +158,16 @@ for p in $PARTS; do
         eval)
             part prepare 120 prepare_data
             part untrained-run 60 untrained_run
-            part eval-gpu 120 eval_with gpu
+            case " $EVAL_DECODES " in *" gpu "*) part eval-gpu 120 eval_with gpu ;; esac
             # eval's batch: 2 x train.batch_size 48 // 3 views = 32 videos = 96 clips
             part model-b96 200 $STADAPT bench model --recipe k400_vitb --device cuda --steps 10 --warmup 3 \
                 --batch-size 96 --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-b96.json"
-            part eval-cpu 100 eval_with cpu
+            case " $EVAL_DECODES " in *" cpu "*) part eval-cpu 100 eval_with cpu ;; esac
             part eval-vs-model 20 eval_vs_model ;;
+        views)
+            part prepare 120 prepare_data
+            part views 240 $PY -m benchmarks.gpu_decode_views "$DATA" "$EVAL_SPLIT" \
+                --out "$OUT/gpu-decode-views-$GPU-$DAY.json" ;;
         overlap)
             part prepare 120 prepare_data
             part overlap 240 $PY -m benchmarks.gpu_decode_overlap "$DATA" "$EVAL_SPLIT" ${OVERLAP_ARGS:-} \

@@ -16,8 +16,10 @@ from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import (
     StoredJpegClips,
     batch_jpegs,
+    clip_views,
     collate_jpegs,
     decode_clips,
+    decode_frames,
     decoded_batches,
     pack_jpegs,
     resolve_decode,
@@ -152,3 +154,22 @@ def test_a_decoder_that_marks_files_undecodable_makes_only_their_videos_not_ok(p
     clips, ok = decode_clips(jpegs, batch["ok"], recipe.data, torch.device("cpu"), per_file)
     assert ok.tolist() == [True, False, True] and clips[1].eq(0).all()
     assert torch.equal(clips[0], dataset[0]["clip"]) and torch.equal(clips[2], dataset[2]["clip"])
+
+
+def test_videos_of_different_frame_sizes_in_one_batch_each_get_their_own_views(prepared_dir):
+    from torchvision.io import decode_jpeg, encode_jpeg
+    from torchvision.transforms.functional import resize
+
+    dataset, recipe = eval_dataset(prepared_dir, "data.test_resize=56", "data.crop=48")
+    items = [StoredJpegClips(dataset)[i] for i in range(3)]
+    larger = [encode_jpeg(resize(decode_jpeg(f), [80, 96], antialias=True), quality=90)
+              for f in batch_jpegs(collate_jpegs([items[1]]))[0]]
+    items[1].update(pack_jpegs(larger))  # the middle video's frames are 96×80, the others' as stored
+    cpu = torch.device("cpu")
+    jpegs = batch_jpegs(collate_jpegs(items))
+    frames = decode_frames(jpegs, torch.ones(3, dtype=torch.bool), cpu)
+    assert sorted(positions for positions, _ in frames.groups) == [[0, 2], [1]]
+    clips = clip_views(frames, recipe.data)
+    for i in range(3):  # each video as if it were decoded alone
+        assert torch.equal(clips[i], decode_clips([jpegs[i]], torch.ones(1, dtype=torch.bool), recipe.data, cpu)[0][0])
+    assert not torch.equal(clips[0], clips[1])

@@ -29,7 +29,7 @@ import functools
 import itertools
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +113,8 @@ def batch_jpegs(batch: dict[str, Any]) -> list[list[torch.Tensor]]:
 
 
 JpegFiles = Sequence[torch.Tensor]  # encoded files, 1-d uint8 on the host
-DecodedFrames = list[Optional[torch.Tensor]]  # 3×H×W uint8 on the device, None where a file did not decode
-JpegDecoder = Callable[[JpegFiles], DecodedFrames]  # raises RuntimeError where a whole call fails
+DecodedFiles = list[Optional[torch.Tensor]]  # 3×H×W uint8 on the device, None where a file did not decode
+JpegDecoder = Callable[[JpegFiles], DecodedFiles]  # raises RuntimeError where a whole call fails
 
 
 def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
@@ -123,34 +123,60 @@ def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
     return functools.partial(decode_jpeg, device=device)
 
 
-def decode_clips(jpegs: Sequence[JpegFiles], ok: torch.Tensor, data: DataConfig, device: torch.device,
-                 decoder: Optional[JpegDecoder] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 N×V×3×T×S×S clips on `device`, ok): one batched decode of every frame (by `decoder`,
-    default nvjpeg_decoder(device)), then each video's views. A video whose JPEGs fail to decode
-    becomes not ok (zeros), as the CPU path reports an unreadable video."""
-    d = data
-    views = d.test_views.temporal * d.test_views.spatial
+class DecodedFrames(NamedTuple):
+    """A batch's frames as decoded on the device, before their views: per frame size, the
+    videos' positions in the batch and their frames stacked (n×T'×3×H×W uint8, each video's
+    temporal views one after the other); `ok` says which of the `count` videos decoded."""
+
+    groups: list[tuple[list[int], torch.Tensor]]
+    ok: torch.Tensor
+    count: int
+    device: torch.device
+
+
+def decode_frames(jpegs: Sequence[JpegFiles], ok: torch.Tensor, device: torch.device,
+                  decoder: Optional[JpegDecoder] = None) -> DecodedFrames:
+    """One batched decode of every frame (by `decoder`, default nvjpeg_decoder(device)). A video
+    whose JPEGs fail to decode becomes not ok, as the CPU path reports an unreadable video."""
     ok = ok.clone().bool()
-    out = torch.zeros((len(jpegs), views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8, device=device)
     frames = _decode_all(jpegs, ok, decoder or nvjpeg_decoder(device))
-    by_shape: dict[tuple[int, ...], list[int]] = {}  # one resize for all videos of a frame size
+    by_shape: dict[tuple[int, ...], list[int]] = {}  # one stack (and later one resize) per frame size
     for i, video in enumerate(frames):
         if video is not None:
             by_shape.setdefault(tuple(video[0].shape), []).append(i)
-    for shape, group in by_shape.items():
-        stacked = torch.stack([f for i in group for f in frames[i]])  # one copy of all the group's frames
-        out[group] = eval_views(stacked.view(len(group), -1, *shape), d)
-    return out, ok
+    groups = [(group, torch.stack([f for i in group for f in frames[i]]).view(len(group), -1, *shape))
+              for shape, group in by_shape.items()]
+    return DecodedFrames(groups, ok, len(jpegs), device)
 
 
-def _decode_all(jpegs: Sequence[JpegFiles], ok: torch.Tensor, decoder: JpegDecoder) -> list[Optional[DecodedFrames]]:
+def clip_views(frames: DecodedFrames, data: DataConfig) -> torch.Tensor:
+    """uint8 N×V×3×T×S×S clips of the decoded frames (eval_views), zeros for videos not ok.
+    Issues no host-device synchronisation: placing the groups uses an index copied without one."""
+    d = data
+    views = d.test_views.temporal * d.test_views.spatial
+    if len(frames.groups) == 1 and len(frames.groups[0][0]) == frames.count:
+        return eval_views(frames.groups[0][1], d)  # every video decoded, one frame size
+    out = torch.zeros((frames.count, views, 3, d.num_frames, d.crop, d.crop), dtype=torch.uint8, device=frames.device)
+    for positions, stacked in frames.groups:
+        out.index_copy_(0, torch.tensor(positions).to(frames.device, non_blocking=True), eval_views(stacked, d))
+    return out
+
+
+def decode_clips(jpegs: Sequence[JpegFiles], ok: torch.Tensor, data: DataConfig, device: torch.device,
+                 decoder: Optional[JpegDecoder] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 N×V×3×T×S×S clips on `device`, ok): decode_frames, then clip_views."""
+    frames = decode_frames(jpegs, ok, device, decoder)
+    return clip_views(frames, data), frames.ok
+
+
+def _decode_all(jpegs: Sequence[JpegFiles], ok: torch.Tensor, decoder: JpegDecoder) -> list[Optional[DecodedFiles]]:
     """Decoded frames per video (None where not ok, ok updated); one call for the batch, one per
     video where that call fails."""
     wanted = [i for i, video in enumerate(jpegs) if ok[i] and len(video)]
     try:
         flat = decoder([j for i in wanted for j in jpegs[i]]) if wanted else []
         bounds = [0, *itertools.accumulate(len(jpegs[i]) for i in wanted)]
-        decoded: list[Optional[DecodedFrames]] = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+        decoded: list[Optional[DecodedFiles]] = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
     except RuntimeError:  # a damaged JPEG fails torchvision's whole call: find the video it belongs to
         decoded = []
         for i in wanted:
@@ -158,7 +184,7 @@ def _decode_all(jpegs: Sequence[JpegFiles], ok: torch.Tensor, decoder: JpegDecod
                 decoded.append(decoder(list(jpegs[i])))
             except RuntimeError:
                 decoded.append(None)
-    result: list[Optional[DecodedFrames]] = [None] * len(jpegs)
+    result: list[Optional[DecodedFiles]] = [None] * len(jpegs)
     for i, frames in zip(wanted, decoded):
         if frames is not None and all(f is not None for f in frames):
             result[i] = frames
@@ -186,11 +212,15 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
 
 def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
                     ahead: int = 2, priority: int = 0, decoder: Optional[JpegDecoder] = None,
-                    ) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
-    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips (with `decoder`)
-    in a thread up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the
-    caller's stream waits for; benchmarks/gpu_decode_overlap.py measured that a high priority does
-    not speed up torchvision's decoder)."""
+                    views_in_thread: bool = False) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """(batch, clips, ok) for each batch of collate_jpegs. A thread decodes the frames
+    (decode_frames, with `decoder`) up to `ahead` batches in advance, on CUDA on a side stream of
+    `priority` that the caller's stream waits for; the views (clip_views) are computed on the
+    caller's stream as each batch is taken, in turn with the model: on the side stream their
+    kernels wait behind the model's for the GPU's cores, and the thread with them
+    (benchmarks/gpu_decode_views.py; `views_in_thread` computes them there, for that
+    measurement). A high priority does not speed up torchvision's decoder
+    (benchmarks/gpu_decode_overlap.py)."""
     decoder = decoder or nvjpeg_decoder(device)
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
@@ -203,9 +233,10 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
                 for batch in loader:
                     if stop.is_set():
                         return
-                    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device, decoder)
+                    frames = decode_frames(batch_jpegs(batch), batch["ok"], device, decoder)
+                    clips = clip_views(frames, data) if views_in_thread else None
                     event = side.record_event() if side is not None else None
-                    ready.put((batch, clips, ok, event))
+                    ready.put((batch, frames, clips, event))
         except BaseException as exc:  # handed to the consumer, raised there
             ready.put(exc)
             return
@@ -217,12 +248,13 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
         while (item := ready.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
-            batch, clips, ok, event = item
+            batch, frames, clips, event = item
             if event is not None:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(event)
-                clips.record_stream(current)  # allocated on the side stream, used on this one
-            yield batch, clips, ok
+                for tensor in [clips] if clips is not None else [t for _, t in frames.groups]:
+                    tensor.record_stream(current)  # allocated on the side stream, used on this one
+            yield batch, clips if clips is not None else clip_views(frames, data), frames.ok
     finally:
         stop.set()
         while thread.is_alive():  # take what it still puts, so that it sees `stop`

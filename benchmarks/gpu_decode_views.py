@@ -1,0 +1,208 @@
+"""How eval's GPU decoding shares the device with the model: where the views (resize and crops)
+of the decoded frames are computed, the model on a partition of the SMs (a CUDA green
+context) so that the decoder's kernels never wait for free cores, the hardware JPEG engines
+(nvImageCodec) on a stream of the highest priority.
+
+On one CUDA device, the K400 recipe over a prepared store, eval's consumer loop (the model
+compiled with CUDA graphs, softmax of the views, results to the host every batch):
+- `model_alone_clips_s`: that loop on clips decoded once, on all SMs and on green contexts;
+- `loops`: the loop fed by decoded_batches, from in-memory batches (and once from the real
+  loader, 4 workers), in each arrangement: clips/s, against the model alone, the main
+  thread's mean wait for a batch, the decode thread's mean time per batch and, of it, the
+  mean time of the decoder's call;
+- `clip_views_device_ms`: the device time of clip_views for one batch, by kernel;
+- `nvjpeg_call_kernels`: the kernels one torchvision decode call of a batch launches, by name:
+  how many, and their device time.
+
+    python -m benchmarks.gpu_decode_views DATA_ROOT SPLIT --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import time
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
+from benchmarks.gpu_decode_overlap import kernel_ms
+from stadapt.bench.results import device_name, now, versions, write_result
+from stadapt.data.gpu_decode import (
+    JpegFiles,
+    batch_jpegs,
+    clip_views,
+    collate_jpegs,
+    decode_frames,
+    decoded_batches,
+    nvjpeg_decoder,
+)
+from stadapt.model.build import build_model
+from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
+
+WORKERS = 4
+GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
+
+
+def green_stream(num_sms: int, device: torch.device) -> torch.cuda.Stream:
+    """A stream whose kernels run on `num_sms` SMs only (torch.cuda.green_contexts, beta)."""
+    from torch.cuda.green_contexts import GreenContext
+
+    context = GreenContext.create(num_sms=num_sms, device_id=device.index or 0)
+    if hasattr(context, "Stream"):
+        stream = context.Stream()
+    else:  # older releases: the green context's stream is made current by set_context
+        context.set_context()
+        stream = torch.cuda.current_stream(device)
+        context.pop_context()
+    stream.green_context = context  # kept alive with the stream
+    return stream
+
+
+def kernel_counts(fn: Any) -> dict[str, Any]:
+    """The CUDA kernels and copies of one call of fn by name: {name: [count, device ms]}."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    counts: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = counts.setdefault(event.name[:90], [0, 0.0])
+            entry[0] += 1
+            entry[1] = round(entry[1] + event.device_time_total / 1000, 3)
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1][1])[:12])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root")
+    parser.add_argument("split")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    configure_backends(device)
+    recipe, dataset, batches = jpeg_batches(args.root, args.split)
+    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
+    forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
+    frames = decode_frames(batch_jpegs(batches[0]), batches[0]["ok"], device)
+    clips = clip_views(frames, recipe.data)
+
+    def model_step(x: torch.Tensor) -> int:
+        with torch.no_grad(), autocast(device, recipe.train.precision):
+            out = forward(x.flatten(0, 1))
+        F.softmax(out["label"].float(), dim=-1).view(x.shape[0], views, -1).mean(dim=1).cpu()
+        return x.shape[0] * x.shape[1]
+
+    def on_stream(stream: Optional[torch.cuda.Stream], fn: Any) -> Any:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            return fn()
+
+    model_alone = clips_per_s(lambda: model_step(clips), device)
+    greens: dict[int, Any] = {}
+    alone: dict[str, Any] = {"all SMs": model_alone}
+    for sms in GREEN_SMS:
+        try:
+            greens[sms] = green_stream(sms, device)
+            alone[f"green context of {sms} SMs"] = on_stream(
+                greens[sms], lambda: clips_per_s(lambda: model_step(clips), device))
+        except Exception as exc:
+            alone[f"green context of {sms} SMs"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        print(alone, flush=True)
+    nvjpeg = nvjpeg_decoder(device)
+    decoder_s: list[float] = []
+
+    def timed(decode: Any) -> Any:
+        def call(files: JpegFiles) -> Any:
+            start = time.perf_counter()
+            decoded = decode(files)
+            decoder_s.append(time.perf_counter() - start)
+            return decoded
+        return call
+
+    def loop(views_in_thread: bool, loader: Optional[Iterable[dict[str, Any]]] = None,
+             model_stream: Optional[torch.cuda.Stream] = None, decoder: Any = nvjpeg,
+             priority: int = 0) -> dict[str, float]:
+        decoder_s.clear()
+        pulls: list[float] = []
+        waits: list[float] = []
+
+        def timed_batches() -> Any:
+            for batch in loader if loader is not None else itertools.islice(itertools.cycle(batches), STEPS + 8):
+                pulls.append(time.perf_counter())
+                yield batch
+
+        source = decoded_batches(timed_batches(), recipe.data, device, decoder=timed(decoder),
+                                 views_in_thread=views_in_thread, priority=priority)
+
+        def step() -> int:
+            start = time.perf_counter()
+            _, x, _ = next(source)  # on model_stream: it waits for the decode there, the views run there
+            waits.append(time.perf_counter() - start)
+            return model_step(x)
+
+        rate = on_stream(model_stream, lambda: clips_per_s(step, device))
+        source.close()
+        gaps = [b - a for a, b in zip(pulls[4:], pulls[5:])]
+        return {"clips_s": rate, "vs_model_alone": round(rate / model_alone, 3),
+                "main_waits_for_a_batch_ms": round(1000 * sum(waits[3:]) / len(waits[3:]), 2),
+                "decode_thread_ms_per_batch": round(1000 * sum(gaps) / max(1, len(gaps)), 2),
+                "decoder_call_ms": round(1000 * sum(decoder_s[3:]) / max(1, len(decoder_s[3:])), 2)}
+
+    def real_loader() -> DataLoader:
+        return DataLoader(dataset, batch_size=VIDEOS_PER_BATCH, num_workers=WORKERS, collate_fn=collate_jpegs)
+
+    highest = torch.cuda.Stream.priority_range()[1]
+    arrangements: list[tuple[str, Any]] = [
+        ("views in the thread", lambda: loop(True)),
+        ("views on the consumer's stream", lambda: loop(False)),
+        (f"views on the consumer's stream, real loader ({WORKERS} workers)", lambda: loop(False, real_loader())),
+        *((f"model on a green context of {sms} SMs", lambda g=green: loop(False, model_stream=g))
+          for sms, green in greens.items()),
+        *((f"model on a green context of {sms} SMs, real loader ({WORKERS} workers)",
+           lambda g=green: loop(False, real_loader(), model_stream=g)) for sms, green in greens.items()),
+    ]
+    try:
+        from benchmarks.jpeg_decoders import NvImageCodecJpegs
+
+        engines = NvImageCodecJpegs(device, reuse=True)
+        arrangements += [("nvimgcodec engines, decode stream at the highest priority",
+                          lambda: loop(False, decoder=engines, priority=highest)),
+                         *((f"nvimgcodec engines, highest priority, model on a green context of {sms} SMs",
+                            lambda g=green: loop(False, model_stream=g, decoder=engines, priority=highest))
+                           for sms, green in greens.items())]
+    except Exception as exc:  # no nvImageCodec here
+        print("no nvImageCodec:", exc, flush=True)
+    loops: dict[str, Any] = {}
+    for name, run in arrangements:
+        try:
+            loops[name] = run()
+        except Exception as exc:  # one arrangement failing should not lose the others' figures
+            loops[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        print(name, loops[name], flush=True)
+
+    result = {
+        "benchmark": "gpu_decode_views",
+        "device_name": device_name(device),
+        "versions": versions("stadapt", "torch", "torchvision", "cuda"),
+        "date": now(),
+        "videos_per_batch": VIDEOS_PER_BATCH,
+        "clips_per_batch": VIDEOS_PER_BATCH * views,
+        "model_alone_clips_s": alone,
+        "loops": loops,
+        "clip_views_device_ms": kernel_ms(lambda: clip_views(frames, recipe.data)),
+        "nvjpeg_call_kernels": kernel_counts(lambda: nvjpeg([f for video in batch_jpegs(batches[0]) for f in video])),
+    }
+    write_result(result, args.out)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
