@@ -5,12 +5,14 @@ context) so that the decoder's kernels never wait for free cores, the hardware J
 
 On one CUDA device, the K400 recipe over a prepared store, eval's consumer loop (the model
 compiled with CUDA graphs, softmax of the views, results to the host every batch):
-- `model_alone_clips_s`: that loop on clips decoded once, on all SMs and on green contexts;
+- `model_alone_clips_s`: that loop on clips decoded once, on all SMs and on green contexts,
+  with CUDA graphs (as eval runs) and compiled without them (kernels launched one by one);
 - `loops`: the loop fed by decoded_batches, from in-memory batches (and once from the real
   loader, 4 workers), in each arrangement: clips/s, against the model alone, the main
   thread's mean wait for a batch, the decode thread's mean time per batch and, of it, the
   mean time of the decoder's call;
 - `clip_views_device_ms`: the device time of clip_views for one batch, by kernel;
+- `decoder_call_alone_ms`: one torchvision decode call of a batch, nothing else running;
 - `nvjpeg_call_kernels`: the kernels one torchvision decode call of a batch launches, by name:
   how many, and their device time.
 
@@ -43,7 +45,7 @@ from stadapt.data.gpu_decode import (
     nvjpeg_decoder,
 )
 from stadapt.model.build import build_model
-from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
+from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
 
 WORKERS = 4
 GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
@@ -95,9 +97,11 @@ def main() -> None:
     frames = decode_frames(batch_jpegs(batches[0]), batches[0]["ok"], device)
     clips = clip_views(frames, recipe.data)
 
-    def model_step(x: torch.Tensor) -> int:
+    plain = maybe_compile(model, True, device)  # compiled without CUDA graphs: launched kernel by kernel
+
+    def model_step(x: torch.Tensor, graphs: bool = True) -> int:
         with torch.no_grad(), autocast(device, recipe.train.precision):
-            out = forward(x.flatten(0, 1))
+            out = (forward if graphs else plain)(x.flatten(0, 1))
         F.softmax(out["label"].float(), dim=-1).view(x.shape[0], views, -1).mean(dim=1).cpu()
         return x.shape[0] * x.shape[1]
 
@@ -107,14 +111,16 @@ def main() -> None:
 
     model_alone = clips_per_s(lambda: model_step(clips), device)
     greens: dict[int, Any] = {}
-    alone: dict[str, Any] = {"all SMs": model_alone}
+    alone: dict[str, Any] = {"all SMs": model_alone,
+                             "all SMs, without CUDA graphs": clips_per_s(lambda: model_step(clips, False), device)}
     for sms in GREEN_SMS:
-        try:
-            greens[sms] = green_stream(sms, device)
-            alone[f"green context of {sms} SMs"] = on_stream(
-                greens[sms], lambda: clips_per_s(lambda: model_step(clips), device))
-        except Exception as exc:
-            alone[f"green context of {sms} SMs"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        for graphs in (True, False):
+            name = f"green context of {sms} SMs" + ("" if graphs else ", without CUDA graphs")
+            try:
+                greens[sms] = greens.get(sms) or green_stream(sms, device)
+                alone[name] = on_stream(greens[sms], lambda g=graphs: clips_per_s(lambda: model_step(clips, g), device))
+            except Exception as exc:
+                alone[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
         print(alone, flush=True)
     nvjpeg = nvjpeg_decoder(device)
     decoder_s: list[float] = []
@@ -129,7 +135,7 @@ def main() -> None:
 
     def loop(views_in_thread: bool, loader: Optional[Iterable[dict[str, Any]]] = None,
              model_stream: Optional[torch.cuda.Stream] = None, decoder: Any = nvjpeg,
-             priority: int = 0) -> dict[str, float]:
+             priority: int = 0, graphs: bool = True) -> dict[str, float]:
         decoder_s.clear()
         pulls: list[float] = []
         waits: list[float] = []
@@ -146,7 +152,7 @@ def main() -> None:
             start = time.perf_counter()
             _, x, _ = next(source)  # on model_stream: it waits for the decode there, the views run there
             waits.append(time.perf_counter() - start)
-            return model_step(x)
+            return model_step(x, graphs)
 
         rate = on_stream(model_stream, lambda: clips_per_s(step, device))
         source.close()
@@ -156,30 +162,33 @@ def main() -> None:
                 "decode_thread_ms_per_batch": round(1000 * sum(gaps) / max(1, len(gaps)), 2),
                 "decoder_call_ms": round(1000 * sum(decoder_s[3:]) / max(1, len(decoder_s[3:])), 2)}
 
+    def decoder_call_alone_ms(calls: int = 5) -> float:
+        files = [f for video in batch_jpegs(batches[0]) for f in video]
+        nvjpeg(files)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            nvjpeg(files)
+        torch.cuda.synchronize()
+        return round(1000 * (time.perf_counter() - start) / calls, 2)
+
     def real_loader() -> DataLoader:
         return DataLoader(dataset, batch_size=VIDEOS_PER_BATCH, num_workers=WORKERS, collate_fn=collate_jpegs)
 
-    highest = torch.cuda.Stream.priority_range()[1]
     arrangements: list[tuple[str, Any]] = [
         ("views in the thread", lambda: loop(True)),
         ("views on the consumer's stream", lambda: loop(False)),
-        (f"views on the consumer's stream, real loader ({WORKERS} workers)", lambda: loop(False, real_loader())),
-        *((f"model on a green context of {sms} SMs", lambda g=green: loop(False, model_stream=g))
-          for sms, green in greens.items()),
-        *((f"model on a green context of {sms} SMs, real loader ({WORKERS} workers)",
-           lambda g=green: loop(False, real_loader(), model_stream=g)) for sms, green in greens.items()),
+        ("views on the consumer's stream, without CUDA graphs", lambda: loop(False, graphs=False)),
     ]
-    try:
-        from benchmarks.jpeg_decoders import NvImageCodecJpegs
-
-        engines = NvImageCodecJpegs(device, reuse=True)
-        arrangements += [("nvimgcodec engines, decode stream at the highest priority",
-                          lambda: loop(False, decoder=engines, priority=highest)),
-                         *((f"nvimgcodec engines, highest priority, model on a green context of {sms} SMs",
-                            lambda g=green: loop(False, model_stream=g, decoder=engines, priority=highest))
-                           for sms, green in greens.items())]
-    except Exception as exc:  # no nvImageCodec here
-        print("no nvImageCodec:", exc, flush=True)
+    for sms, green in greens.items():
+        arrangements += [
+            (f"model on a green context of {sms} SMs", lambda g=green: loop(False, model_stream=g)),
+            (f"model on a green context of {sms} SMs, without CUDA graphs",
+             lambda g=green: loop(False, model_stream=g, graphs=False)),
+            (f"model on a green context of {sms} SMs, without CUDA graphs, views in the thread",
+             lambda g=green: loop(True, model_stream=g, graphs=False)),
+            (f"model on a green context of {sms} SMs, without CUDA graphs, real loader ({WORKERS} workers)",
+             lambda g=green: loop(False, real_loader(), model_stream=g, graphs=False))]
     loops: dict[str, Any] = {}
     for name, run in arrangements:
         try:
@@ -198,6 +207,7 @@ def main() -> None:
         "model_alone_clips_s": alone,
         "loops": loops,
         "clip_views_device_ms": kernel_ms(lambda: clip_views(frames, recipe.data)),
+        "decoder_call_alone_ms": decoder_call_alone_ms(),
         "nvjpeg_call_kernels": kernel_counts(lambda: nvjpeg([f for video in batch_jpegs(batches[0]) for f in video])),
     }
     write_result(result, args.out)
