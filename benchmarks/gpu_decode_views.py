@@ -1,14 +1,15 @@
-"""How eval's GPU decoding shares the device with the model: where the views (resize and crops)
-of the decoded frames are computed, the model on a partition of the SMs (a CUDA green
-context) so that the decoder's kernels never wait for free cores, the hardware JPEG engines
-(nvImageCodec) on a stream of the highest priority.
+"""How eval's GPU decoding shares the device with the model: the model on all SMs as CUDA
+graphs, or compiled without graphs on a partition of the SMs (a CUDA green context,
+stadapt.data.gpu_decode.partitioned_stream) that leaves a few free for the decoder. (At dbacba4
+this script also measured the views computed on the consumer's stream and nvImageCodec's
+engines on a stream of the highest priority: neither gained.)
 
 On one CUDA device, the K400 recipe over a prepared store, eval's consumer loop (the model
 compiled with CUDA graphs, softmax of the views, results to the host every batch):
 - `model_alone_clips_s`: that loop on clips decoded once, on all SMs and on green contexts,
   with CUDA graphs (as eval runs) and compiled without them (kernels launched one by one);
-- `loops`: the loop fed by decoded_batches, from in-memory batches (and once from the real
-  loader, 4 workers), in each arrangement: clips/s, against the model alone, the main
+- `loops`: the loop fed by decoded_batches, from in-memory batches and from the real loader
+  (4 workers), in each arrangement: clips/s, against the model alone, the main
   thread's mean wait for a batch, the decode thread's mean time per batch and, of it, the
   mean time of the decoder's call;
 - `clip_views_device_ms`: the device time of clip_views for one batch, by kernel;
@@ -43,27 +44,13 @@ from stadapt.data.gpu_decode import (
     decode_frames,
     decoded_batches,
     nvjpeg_decoder,
+    partitioned_stream,
 )
 from stadapt.model.build import build_model
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
 
 WORKERS = 4
 GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
-
-
-def green_stream(num_sms: int, device: torch.device) -> torch.cuda.Stream:
-    """A stream whose kernels run on `num_sms` SMs only (torch.cuda.green_contexts, beta)."""
-    from torch.cuda.green_contexts import GreenContext
-
-    context = GreenContext.create(num_sms=num_sms, device_id=device.index or 0)
-    if hasattr(context, "Stream"):
-        stream = context.Stream()
-    else:  # older releases: the green context's stream is made current by set_context
-        context.set_context()
-        stream = torch.cuda.current_stream(device)
-        context.pop_context()
-    stream.green_context = context  # kept alive with the stream
-    return stream
 
 
 def kernel_counts(fn: Any) -> dict[str, Any]:
@@ -117,7 +104,9 @@ def main() -> None:
         for graphs in (True, False):
             name = f"green context of {sms} SMs" + ("" if graphs else ", without CUDA graphs")
             try:
-                greens[sms] = greens.get(sms) or green_stream(sms, device)
+                greens[sms] = greens.get(sms) or partitioned_stream(device, sms)
+                if greens[sms] is None:
+                    raise RuntimeError("no green contexts on this device")
                 alone[name] = on_stream(greens[sms], lambda g=graphs: clips_per_s(lambda: model_step(clips, g), device))
             except Exception as exc:
                 alone[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -133,9 +122,8 @@ def main() -> None:
             return decoded
         return call
 
-    def loop(views_in_thread: bool, loader: Optional[Iterable[dict[str, Any]]] = None,
-             model_stream: Optional[torch.cuda.Stream] = None, decoder: Any = nvjpeg,
-             priority: int = 0, graphs: bool = True) -> dict[str, float]:
+    def loop(loader: Optional[Iterable[dict[str, Any]]] = None,
+             model_stream: Optional[torch.cuda.Stream] = None, graphs: bool = True) -> dict[str, float]:
         decoder_s.clear()
         pulls: list[float] = []
         waits: list[float] = []
@@ -145,8 +133,7 @@ def main() -> None:
                 pulls.append(time.perf_counter())
                 yield batch
 
-        source = decoded_batches(timed_batches(), recipe.data, device, decoder=timed(decoder),
-                                 views_in_thread=views_in_thread, priority=priority)
+        source = decoded_batches(timed_batches(), recipe.data, device, decoder=timed(nvjpeg))
 
         def step() -> int:
             start = time.perf_counter()
@@ -176,19 +163,15 @@ def main() -> None:
         return DataLoader(dataset, batch_size=VIDEOS_PER_BATCH, num_workers=WORKERS, collate_fn=collate_jpegs)
 
     arrangements: list[tuple[str, Any]] = [
-        ("views in the thread", lambda: loop(True)),
-        ("views on the consumer's stream", lambda: loop(False)),
-        ("views on the consumer's stream, without CUDA graphs", lambda: loop(False, graphs=False)),
+        ("CUDA graphs, all SMs", lambda: loop()),
+        (f"CUDA graphs, all SMs, real loader ({WORKERS} workers)", lambda: loop(real_loader())),
     ]
     for sms, green in greens.items():
         arrangements += [
-            (f"model on a green context of {sms} SMs", lambda g=green: loop(False, model_stream=g)),
-            (f"model on a green context of {sms} SMs, without CUDA graphs",
-             lambda g=green: loop(False, model_stream=g, graphs=False)),
-            (f"model on a green context of {sms} SMs, without CUDA graphs, views in the thread",
-             lambda g=green: loop(True, model_stream=g, graphs=False)),
-            (f"model on a green context of {sms} SMs, without CUDA graphs, real loader ({WORKERS} workers)",
-             lambda g=green: loop(False, real_loader(), model_stream=g, graphs=False))]
+            (f"without CUDA graphs, on a green context of {sms} SMs",
+             lambda g=green: loop(model_stream=g, graphs=False)),
+            (f"without CUDA graphs, on a green context of {sms} SMs, real loader ({WORKERS} workers)",
+             lambda g=green: loop(real_loader(), model_stream=g, graphs=False))]
     loops: dict[str, Any] = {}
     for name, run in arrangements:
         try:

@@ -210,17 +210,47 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
     return views.permute(0, 1, 2, 4, 3, 5, 6).reshape(n, -1, channels, d.num_frames, d.crop, d.crop)
 
 
+SM_GROUP = 8  # green contexts partition an H100's or H200's SMs in groups of 8
+
+
+def partitioned_stream(device: torch.device, num_sms: Optional[int] = None) -> Optional[torch.cuda.Stream]:
+    """A stream whose kernels run on `num_sms` of the device's SMs (default: all but the last,
+    partial or whole, group of 8: 128 of an H200's 132), through a CUDA green context; None where
+    green contexts are not available (torch.cuda.green_contexts is beta).
+
+    eval runs the model there while the GPU decodes: on an H200 its loop then ran at 0.81-0.85×
+    the model alone instead of 0.77× on all SMs (benchmarks/gpu_decode_views.py). The kernels of
+    a CUDA graph replayed on such a stream still run on every SM, so the model runs compiled
+    without graphs there."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).multi_processor_count
+    num_sms = num_sms or (total - 1) // SM_GROUP * SM_GROUP
+    try:
+        from torch.cuda.green_contexts import GreenContext
+
+        context = GreenContext.create(num_sms=num_sms, device_id=index)
+        if hasattr(context, "Stream"):
+            stream = context.Stream()
+        else:  # releases before 2.12: set_context makes the green context's own stream current
+            context.set_context()
+            stream = torch.cuda.current_stream(index)
+            context.pop_context()
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        return None
+    stream.green_context = context  # lives as long as the stream
+    return stream
+
+
 def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,
                     ahead: int = 2, priority: int = 0, decoder: Optional[JpegDecoder] = None,
-                    views_in_thread: bool = False) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
-    """(batch, clips, ok) for each batch of collate_jpegs. A thread decodes the frames
-    (decode_frames, with `decoder`) up to `ahead` batches in advance, on CUDA on a side stream of
-    `priority` that the caller's stream waits for; the views (clip_views) are computed on the
-    caller's stream as each batch is taken, in turn with the model: on the side stream their
-    kernels wait behind the model's for the GPU's cores, and the thread with them
-    (benchmarks/gpu_decode_views.py; `views_in_thread` computes them there, for that
-    measurement). A high priority does not speed up torchvision's decoder
-    (benchmarks/gpu_decode_overlap.py)."""
+                    ) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips (with `decoder`)
+    in a thread up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the
+    caller's stream waits for). Measured without gain (benchmarks/gpu_decode_overlap.py,
+    gpu_decode_views.py at dbacba4): a high priority; the views computed on the caller's stream
+    instead, in turn with the model."""
     decoder = decoder or nvjpeg_decoder(device)
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
@@ -233,10 +263,9 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
                 for batch in loader:
                     if stop.is_set():
                         return
-                    frames = decode_frames(batch_jpegs(batch), batch["ok"], device, decoder)
-                    clips = clip_views(frames, data) if views_in_thread else None
+                    clips, ok = decode_clips(batch_jpegs(batch), batch["ok"], data, device, decoder)
                     event = side.record_event() if side is not None else None
-                    ready.put((batch, frames, clips, event))
+                    ready.put((batch, clips, ok, event))
         except BaseException as exc:  # handed to the consumer, raised there
             ready.put(exc)
             return
@@ -248,13 +277,12 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
         while (item := ready.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
-            batch, frames, clips, event = item
+            batch, clips, ok, event = item
             if event is not None:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(event)
-                for tensor in [clips] if clips is not None else [t for _, t in frames.groups]:
-                    tensor.record_stream(current)  # allocated on the side stream, used on this one
-            yield batch, clips if clips is not None else clip_views(frames, data), frames.ok
+                clips.record_stream(current)  # allocated on the side stream, used on this one
+            yield batch, clips, ok
     finally:
         stop.set()
         while thread.is_alive():  # take what it still puts, so that it sees `stop`
