@@ -1,6 +1,6 @@
 """How eval's GPU decoding shares the device with the model: the model on all SMs as CUDA
-graphs, or compiled without graphs on a partition of the SMs (a CUDA green context,
-stadapt.data.gpu_decode.partitioned_stream) that leaves a few free for the decoder. (At dbacba4
+graphs, or compiled without graphs (graph replays ignore the partition) on a partition of the
+SMs (a CUDA green context) that leaves a few free for the decoder. (At dbacba4
 this script also measured the views computed on the consumer's stream and nvImageCodec's
 engines on a stream of the highest priority: neither gained.)
 
@@ -44,13 +44,29 @@ from stadapt.data.gpu_decode import (
     decode_frames,
     decoded_batches,
     nvjpeg_decoder,
-    partitioned_stream,
 )
 from stadapt.model.build import build_model
 from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
 
 WORKERS = 4
 GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
+
+
+def green_stream(num_sms: int, device: torch.device) -> torch.cuda.Stream:
+    """A stream whose kernels run on `num_sms` SMs only (torch.cuda.green_contexts, beta). The
+    green context must outlive every tensor allocated on the stream: freeing one after it fails
+    with 'context is destroyed'."""
+    from torch.cuda.green_contexts import GreenContext
+
+    context = GreenContext.create(num_sms=num_sms, device_id=device.index or 0)
+    if hasattr(context, "Stream"):
+        stream = context.Stream()
+    else:  # releases before 2.12: set_context makes the green context's own stream current
+        context.set_context()
+        stream = torch.cuda.current_stream(device)
+        context.pop_context()
+    stream.green_context = context  # kept alive with the stream
+    return stream
 
 
 def kernel_counts(fn: Any) -> dict[str, Any]:
@@ -104,9 +120,7 @@ def main() -> None:
         for graphs in (True, False):
             name = f"green context of {sms} SMs" + ("" if graphs else ", without CUDA graphs")
             try:
-                greens[sms] = greens.get(sms) or partitioned_stream(device, sms)
-                if greens[sms] is None:
-                    raise RuntimeError("no green contexts on this device")
+                greens[sms] = greens.get(sms) or green_stream(sms, device)
                 alone[name] = on_stream(greens[sms], lambda g=graphs: clips_per_s(lambda: model_step(clips, g), device))
             except Exception as exc:
                 alone[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"

@@ -173,22 +173,12 @@ def test_gpu_jpeg_decoding_gives_the_cpu_paths_clips_and_logits(prepared_dir):
     assert relative_error(logits[0], logits[1]) < 2e-2
 
 
-def test_eval_with_gpu_jpeg_decoding_scores_as_the_cpu_path_beside_the_decoder(prepared_dir):
+def test_eval_with_gpu_jpeg_decoding_scores_as_the_cpu_path(prepared_dir):
     from stadapt.data.dataset import build_dataset
-    from stadapt.data.gpu_decode import partitioned_stream
     from stadapt.engine.distributed import DistContext
     from stadapt.engine.evaluate import predict_split
 
     cuda = torch.device("cuda")
-    stream = partitioned_stream(cuda, 8)
-    print(f"green contexts: {'available' if stream is not None else 'not available, the model runs on all SMs'}")
-    if stream is not None:  # a kernel on the partition computes what it computes elsewhere
-        x = torch.randn(512, 512, device=cuda)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            on_partition = x @ x
-        torch.cuda.current_stream().wait_stream(stream)
-        assert torch.allclose(on_partition, x @ x)
     recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4",
                                           "train.device_batch_size=3", "train.workers=0", "train.compile=true"])
     dataset = build_dataset(recipe, "val", train=False)
@@ -197,4 +187,5 @@ def test_eval_with_gpu_jpeg_decoding_scores_as_the_cpu_path_beside_the_decoder(p
     on_gpu = predict_split(model, dataset, recipe, ctx, decode="gpu", graphs=True)
     on_cpu = predict_split(model, dataset, recipe, ctx, decode="cpu", graphs=False)
     assert on_gpu.decode == "gpu" and on_gpu.ok.all() and torch.equal(on_gpu.indices, on_cpu.indices)
+    # the decode thread, CUDA graphs of the compiled model, the last batch padded: the CPU path's scores
     assert (on_gpu.probs["label"] - on_cpu.probs["label"]).abs().max() < 2e-2  # decoders, compiler, bf16

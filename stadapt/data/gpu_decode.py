@@ -9,12 +9,16 @@ data.test_resize (bilinear, antialiased, rounded back to uint8), then the spatia
 equal the CPU path's up to the rounding of the two JPEG decoders and resamplers. A thread
 decodes the next batches on a side stream while the model computes the current one
 (`decoded_batches`): decoding in turn with the model would add its whole time to each step.
-The overlap is partial: while the model runs, torchvision's nvJPEG call (its own pool stream,
-synchronised at each call, one call at a time) takes about three times as long as alone. The
-H200's hardware JPEG engines through nvImageCodec, alone or sharing each batch with nvJPEG,
-did no better with the model running, nor did a share of the videos decoded in the loader
-workers beside it (benchmarks/jpeg_decoders.py, README "Performance"), so nvJPEG decodes
-every frame; `decoder` takes another batched decoder for such measurements.
+The overlap is partial: while the model runs, torchvision's nvJPEG call of a batch (its own
+pool stream, synchronised at each call, one call at a time; on an H200 the hardware engines,
+then one conversion kernel and one copy per frame) takes about four times as long as alone,
+75-88 ms instead of 19-23. The H200's engines through nvImageCodec, alone, sharing each batch
+with nvJPEG or on a stream of the highest priority, did no better with the model running, nor
+did a share of the videos decoded in the loader workers beside it, nor the views computed on
+the model's stream, nor the model on a green context that leaves 4 or 12 SMs to the decoder
+(+0-4%, without CUDA graphs; benchmarks/jpeg_decoders.py, gpu_decode_views.py, README
+"Performance"). So nvJPEG decodes every frame; `decoder` takes another batched decoder for
+such measurements.
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -208,39 +212,6 @@ def eval_views(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
     clips = frames.view(n, d.test_views.temporal, d.num_frames, channels, *frames.shape[-2:])
     views = torch.stack(spatial_crops(clips, d.crop, d.test_views.spatial), dim=2)  # N×temporal×spatial×T×3×S×S
     return views.permute(0, 1, 2, 4, 3, 5, 6).reshape(n, -1, channels, d.num_frames, d.crop, d.crop)
-
-
-SM_GROUP = 8  # green contexts partition an H100's or H200's SMs in groups of 8
-
-
-def partitioned_stream(device: torch.device, num_sms: Optional[int] = None) -> Optional[torch.cuda.Stream]:
-    """A stream whose kernels run on `num_sms` of the device's SMs (default: all but the last,
-    partial or whole, group of 8: 128 of an H200's 132), through a CUDA green context; None where
-    green contexts are not available (torch.cuda.green_contexts is beta).
-
-    eval runs the model there while the GPU decodes: on an H200 its loop then ran at 0.81-0.85×
-    the model alone instead of 0.77× on all SMs (benchmarks/gpu_decode_views.py). The kernels of
-    a CUDA graph replayed on such a stream still run on every SM, so the model runs compiled
-    without graphs there."""
-    if device.type != "cuda":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    total = torch.cuda.get_device_properties(index).multi_processor_count
-    num_sms = num_sms or (total - 1) // SM_GROUP * SM_GROUP
-    try:
-        from torch.cuda.green_contexts import GreenContext
-
-        context = GreenContext.create(num_sms=num_sms, device_id=index)
-        if hasattr(context, "Stream"):
-            stream = context.Stream()
-        else:  # releases before 2.12: set_context makes the green context's own stream current
-            context.set_context()
-            stream = torch.cuda.current_stream(index)
-            context.pop_context()
-    except (ImportError, AttributeError, TypeError, RuntimeError):
-        return None
-    stream.green_context = context  # lives as long as the stream
-    return stream
 
 
 def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: torch.device,

@@ -11,7 +11,6 @@ the JPEGs there (stadapt.data.gpu_decode); the report records both and the clips
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from stadapt.data.dataset import build_dataset
-from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decoded_batches, partitioned_stream, resolve_decode
+from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs, decoded_batches, resolve_decode
 from stadapt.engine import distributed
 from stadapt.engine.distributed import DistContext
 from stadapt.engine.metrics import score
@@ -63,10 +62,8 @@ def micro_batch_size(recipe: Recipe, world_size: int) -> int:
 def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistContext, decode: str = "cpu",
                   graphs: bool = False) -> Predictions:
     """Score every video of `dataset` (all ranks take part; every rank gets the full result).
-    decode = gpu: the loader reads the store's JPEGs and the device decodes them, and the model
-    runs on all SMs but a few left free for the decoder where the device allows it
-    (partitioned_stream). With `graphs`, the model runs as CUDA graphs (when recipe.train.compile
-    and on CUDA), except on such a partition: a graph's kernels would use every SM."""
+    decode = gpu: the loader reads the store's JPEGs and the device decodes them; with `graphs`,
+    the model runs as CUDA graphs (when recipe.train.compile and on CUDA)."""
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
     videos_per_batch = max(1, 2 * micro_batch_size(recipe, ctx.world_size) // views)  # no activations kept
     on_gpu = decode == "gpu"
@@ -74,9 +71,7 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
     pin = ctx.device.type == "cuda" and not on_gpu  # pinning hundreds of small JPEGs costs more than it saves
     loader = eval_loader(source, ctx, videos_per_batch, min(recipe.train.workers, 4), pin,
                          collate_fn=collate_jpegs if on_gpu else None)
-    stream = partitioned_stream(ctx.device) if on_gpu else None
-    forward = inference_forward(model, graphs and recipe.train.compile, ctx.device, videos_per_batch * views,
-                                graphs=stream is None)
+    forward = inference_forward(model, graphs and recipe.train.compile, ctx.device, videos_per_batch * views)
     sizes = head_sizes(recipe.model)
     heads = list(sizes)
     was_training = model.training
@@ -85,21 +80,20 @@ def predict_split(model: nn.Module, dataset: Dataset, recipe: Recipe, ctx: DistC
     timed_clips, start, untimed = 0, None, UNTIMED_BATCHES
     batches = (decoded_batches(loader, recipe.data, ctx.device) if on_gpu else
                ((b, b["clip"].to(ctx.device, non_blocking=True), b["ok"].bool()) for b in loader))
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        for batch, clips, ok in batches:
-            n, v = clips.shape[:2]
-            with autocast(ctx.device, recipe.train.precision):
-                out = forward(clips.flatten(0, 1))
-            for head in heads:
-                probs[head].append(F.softmax(out[head].float(), dim=-1).view(n, v, -1).mean(dim=1).cpu())
-                labels[head].append(batch["label"][head].long())
-            indices.append(batch["index"].long())
-            oks.append(ok.cpu())
-            if untimed:
-                untimed -= 1
-                start = time.perf_counter()  # the .cpu() above waited for the device
-            else:
-                timed_clips += n * v
+    for batch, clips, ok in batches:
+        n, v = clips.shape[:2]
+        with autocast(ctx.device, recipe.train.precision):
+            out = forward(clips.flatten(0, 1))
+        for head in heads:
+            probs[head].append(F.softmax(out[head].float(), dim=-1).view(n, v, -1).mean(dim=1).cpu())
+            labels[head].append(batch["label"][head].long())
+        indices.append(batch["index"].long())
+        oks.append(ok.cpu())
+        if untimed:
+            untimed -= 1
+            start = time.perf_counter()  # the .cpu() above waited for the device
+        else:
+            timed_clips += n * v
     rate = timed_clips * ctx.world_size / (time.perf_counter() - start) if timed_clips else None
     model.train(was_training)
     local = Predictions(_cat(indices, torch.long), {h: _cat(p, torch.float32, sizes[h]) for h, p in probs.items()},

@@ -83,15 +83,14 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device, mode: s
 
 
 def inference_forward(model: nn.Module, enabled: bool, device: torch.device,
-                      batch_size: Optional[int] = None, graphs: bool = True) -> Callable[..., Any]:
-    """The model for inference: on CUDA when enabled, compiled and (with `graphs`) replayed as
-    CUDA graphs; the model itself otherwise. Runs without autograd and returns outputs of its own
-    (a graph replay overwrites its outputs, so they are cloned). With `batch_size`, a smaller
-    batch (the last of an eval) is padded up to it, so that no second graph is compiled for it."""
+                      batch_size: Optional[int] = None) -> Callable[..., Any]:
+    """The model for inference: CUDA graphs of the compiled model on CUDA when enabled, the
+    model itself otherwise. Runs without autograd and returns outputs of its own (a graph
+    replay overwrites its outputs, so they are cloned). With `batch_size`, a smaller batch
+    (the last of an eval) is padded up to it, so that no second graph is compiled for it."""
     if not enabled or device.type != "cuda":
         return model
-    modes = ("reduce-overhead", "default") if graphs else ("default",)
-    return _CompiledWithFallback(model, modes, inference=True, batch_size=batch_size)
+    return _CompiledWithFallback(model, ("reduce-overhead", "default"), inference=True, batch_size=batch_size)
 
 
 class _CompiledWithFallback:
