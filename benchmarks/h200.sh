@@ -30,6 +30,8 @@
 #   gputests  the rest of tests/test_gpu.py (fast path against fp32, side-stream copies)
 #   freezing  (not in the default PARTS) bench model with TORCHINDUCTOR_FREEZING=1: inductor folds the
 #             frozen weights into the inference graphs (candidate for inference and latency only)
+#   coordesc  (not in the default PARTS) bench model with TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1: inductor
+#             tunes the block sizes of its own (element-wise and reduction) kernels (candidate)
 # At most 8 files come back from the GPU machine: h200.log plus at most 7 JSON files.
 # Missing packages (open_clip, av, decord; nvImageCodec and libnvjpeg for the decoders part) travel as
 # wheels in .whl/: benchmarks/fetch_wheels.sh fetches them within the 64 MiB a call carries.
@@ -197,6 +199,9 @@ for p in $PARTS; do
                       -k "not graph_captured and not jpeg_decoding" ;;
         freezing) part freezing 300 env TORCHINDUCTOR_FREEZING=1 $STADAPT bench model --recipe k400_vitb --device cuda \
                       --steps 10 --warmup 3 --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-freezing.json" ;;
+        coordesc) part coordesc 300 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 $STADAPT bench model \
+                      --recipe k400_vitb --device cuda --steps 10 --warmup 3 --profile \
+                      --out "$OUT/model-k400_vitb-cuda-$GPU-$DAY-coordesc.json" ;;
         *) echo "== unknown part $p" ;;
     esac
 done
