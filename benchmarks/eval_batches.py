@@ -1,22 +1,43 @@
-"""What the GPU-decoding benchmarks share: the K400 recipe over a prepared store, eval's test
-items as JPEGs with a few batches of them read into memory (so that no loader workers are in
-the way), and a clips/s timer for eval's loop."""
+"""What the GPU-decoding benchmarks share: their command line, the K400 recipe over a prepared
+store, eval's test items as JPEGs with a few batches of them read into memory (so that no
+loader workers are in the way), the model as eval runs it, and a clips/s timer for eval's loop."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 import stadapt
 from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import StoredJpegClips, collate_jpegs
+from stadapt.model.build import build_model
+from stadapt.model.runtime import inference_forward, place_model
 from stadapt.recipe import Recipe
 
 VIDEOS_PER_BATCH = 32  # eval's: 2 × train.batch_size 48 // 3 views
 BATCHES_IN_MEMORY = 6
 STEPS = 24
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The scripts' command line, DATA_ROOT SPLIT --out FILE.json, for a script to add to."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("root")
+    parser.add_argument("split")
+    parser.add_argument("--out", required=True)
+    return parser
+
+
+def eval_model(recipe: Recipe, device: torch.device) -> tuple[nn.Module, Callable[..., Any]]:
+    """(the recipe's model on `device` in eval mode, its forward as `stadapt eval` runs it: CUDA
+    graphs of the compiled model, batches padded to VIDEOS_PER_BATCH videos' views)."""
+    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
+    return model, inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
 
 
 def jpeg_batches(root: str, split: str) -> tuple[Recipe, StoredJpegClips, list[dict[str, Any]]]:

@@ -31,7 +31,6 @@ loader workers in the way):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -44,12 +43,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import stadapt.data.gpu_decode as gpu_decode
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decode_frames, decoded_batches
 from stadapt.data.transforms import spatial_crops
-from stadapt.model.build import build_model
-from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
+from stadapt.model.runtime import autocast, configure_backends, maybe_compile
 from stadapt.recipe import DataConfig
 
 
@@ -129,10 +127,7 @@ def kernel_ms(fn: Callable[[], Any], calls: int = 3) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root")
-    parser.add_argument("split")
-    parser.add_argument("--out", required=True)
+    parser = arguments(__doc__)
     parser.add_argument("--who-waits-only", action="store_true", help="only the models alone and `who_waits`")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -160,8 +155,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     # 2. Each alone, and 3. eval's consumer loop in several arrangements.
-    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
-    forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
+    model, forward = eval_model(recipe, device)
     clips = decode(batches[0])
 
     plain = maybe_compile(model, True, device)  # compiled without CUDA graphs

@@ -13,7 +13,6 @@ decode thread together (`decoded_batches`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg
 
 import stadapt
+from benchmarks.eval_batches import arguments
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.dataset import build_dataset
 from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, decode_clips, decoded_batches
@@ -44,10 +44,7 @@ def timed(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root")
-    parser.add_argument("split")
-    parser.add_argument("--out", required=True)
+    parser = arguments(__doc__)
     args = parser.parse_args()
     device = torch.device("cuda")
     recipe = stadapt.load_recipe("k400_vitb", ["model.pretrained=none", f"data.root={args.root}",

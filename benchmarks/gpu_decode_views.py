@@ -22,7 +22,6 @@ compiled with CUDA graphs, softmax of the views, results to the host every batch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
 from benchmarks.gpu_decode_overlap import kernel_ms
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
@@ -45,8 +44,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.model.build import build_model
-from stadapt.model.runtime import autocast, configure_backends, inference_forward, maybe_compile, place_model
+from stadapt.model.runtime import autocast, configure_backends, maybe_compile
 
 WORKERS = 4
 GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
@@ -86,17 +84,13 @@ def kernel_counts(fn: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root")
-    parser.add_argument("split")
-    parser.add_argument("--out", required=True)
+    parser = arguments(__doc__)
     args = parser.parse_args()
     device = torch.device("cuda")
     configure_backends(device)
     recipe, dataset, batches = jpeg_batches(args.root, args.split)
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
-    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
-    forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
+    model, forward = eval_model(recipe, device)
     frames = decode_frames(batch_jpegs(batches[0]), batches[0]["ok"], device)
     clips = clip_views(frames, recipe.data)
 

@@ -23,7 +23,6 @@ videos decoded in the workers on the CPU: `--cpu-shares`.)
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import faulthandler
 import itertools
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, clips_per_s, jpeg_batches
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
     batch_jpegs,
@@ -45,8 +44,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.model.build import build_model
-from stadapt.model.runtime import autocast, configure_backends, inference_forward, place_model
+from stadapt.model.runtime import autocast, configure_backends
 
 WORKERS = 4
 
@@ -122,10 +120,7 @@ def nvimgcodec_version() -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root")
-    parser.add_argument("split")
-    parser.add_argument("--out", required=True)
+    parser = arguments(__doc__)
     parser.add_argument("--decoders", default=",".join(DECODERS),
                         help=f"which of them, comma-separated ({', '.join(DECODERS)})")
     args = parser.parse_args()
@@ -134,8 +129,7 @@ def main() -> None:
     recipe, dataset, batches = jpeg_batches(args.root, args.split)
     views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
 
-    model = place_model(build_model(recipe), device, recipe.train.precision).eval()
-    forward = inference_forward(model, True, device, VIDEOS_PER_BATCH * views)
+    model, forward = eval_model(recipe, device)
 
     def model_step(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(device, recipe.train.precision):
