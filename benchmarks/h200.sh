@@ -15,8 +15,9 @@
 #   decoders  benchmarks/jpeg_decoders.py: eval's GPU decoding with torchvision's nvJPEG, nvImageCodec on the
 #             hardware JPEG engines, and both sharing each batch: alone, with the model, and fed by the real
 #             loader, against the model alone (DECODERS_ARGS: the script's --decoders)
-#   views     benchmarks/gpu_decode_views.py: eval's loop with the views of the decoded frames computed on the
-#             decode thread's side stream or on the consumer's stream, from memory and from the real loader
+#   views     benchmarks/gpu_decode_views.py: eval's loop with the model on all SMs (CUDA graphs) or on a green
+#             context that leaves SMs to the decoder, from memory and from the real loader; the decoder call
+#             alone and the kernels it launches
 #   overlap   benchmarks/gpu_decode_overlap.py: whether nvJPEG waits for work queued elsewhere on the
 #             device, and eval's consumer loop fed by the decode thread in several arrangements
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
