@@ -99,3 +99,19 @@ def test_test_resize_scales_the_short_side_first():
         EvalTransform(DataConfig(crop=224, test_resize=200))
 
 
+
+
+def test_clips_leave_the_transforms_contiguous_with_each_frame_in_its_place():
+    # frames that differ, so a wrong time or channel order shows
+    frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (4, 3, 64, 96), dtype=np.uint8))
+    data = DataConfig(scale=[64, 64], crop=64, mirror=False, test_resize=64,
+                      test_views=recipe.TestViews(temporal=1, spatial=3))
+    train = TrainTransform(data)(frames, np.random.default_rng(0))
+    assert train.is_contiguous() and train.shape == (3, 4, 64, 64)
+    box_left = [left for left in range(33) if torch.equal(train[:, 0], frames[0, :, :, left:left + 64])]
+    assert len(box_left) == 1  # the crop of frame 0, channels first, unscaled
+    assert torch.equal(train, frames[:, :, :, box_left[0]:box_left[0] + 64].permute(1, 0, 2, 3))
+    views = EvalTransform(data)(frames)
+    assert views.is_contiguous() and views.shape == (3, 3, 4, 64, 64)
+    for view, left in zip(views, (0, 16, 32)):
+        assert torch.equal(view, frames[..., left:left + 64].permute(1, 0, 2, 3))
