@@ -43,11 +43,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import stadapt.data.gpu_decode as gpu_decode
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
+from benchmarks.eval_batches import (
+    STEPS,
+    VIDEOS_PER_BATCH,
+    arguments,
+    clips_per_s,
+    cuda_batches,
+    eval_model,
+    kernel_ms,
+)
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import batch_jpegs, collate_jpegs, decode_clips, decode_frames, decoded_batches
 from stadapt.data.transforms import spatial_crops
-from stadapt.model.runtime import autocast, configure_backends, maybe_compile
+from stadapt.model.runtime import autocast, maybe_compile
 from stadapt.recipe import DataConfig
 
 
@@ -110,30 +118,11 @@ def views_matmul(frames: torch.Tensor, data: DataConfig) -> torch.Tensor:
     return stacked.permute(0, 1, 2, 4, 3, 5, 6).reshape(n, -1, channels, d.num_frames, d.crop, d.crop)
 
 
-def kernel_ms(fn: Callable[[], Any], calls: int = 3) -> dict[str, float]:
-    """Device milliseconds per call of fn by kernel name (the 12 largest), and their total."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    totals: dict[str, float] = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[event.name[:90]] = totals.get(event.name[:90], 0.0) + event.device_time_total / 1000 / calls
-    top = dict(sorted(totals.items(), key=lambda kv: -kv[1])[:12])
-    return {"total": round(sum(totals.values()), 3), **{k: round(v, 3) for k, v in top.items()}}
-
-
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--who-waits-only", action="store_true", help="only the models alone and `who_waits`")
     args = parser.parse_args()
-    device = torch.device("cuda")
-    configure_backends(device)
-    recipe, dataset, batches = jpeg_batches(args.root, args.split)
-    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    device, recipe, dataset, batches, views = cuda_batches(args)
 
     def decode(batch: dict[str, Any]) -> torch.Tensor:
         return decode_clips(batch_jpegs(batch), batch["ok"], recipe.data, device)[0]

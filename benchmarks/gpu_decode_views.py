@@ -32,8 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
-from benchmarks.gpu_decode_overlap import kernel_ms
+from benchmarks.eval_batches import (
+    STEPS,
+    VIDEOS_PER_BATCH,
+    arguments,
+    clips_per_s,
+    cuda_batches,
+    eval_model,
+    kernel_counts,
+    kernel_ms,
+)
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
     JpegFiles,
@@ -44,7 +52,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.model.runtime import autocast, configure_backends, maybe_compile
+from stadapt.model.runtime import autocast, maybe_compile
 
 WORKERS = 4
 GREEN_SMS = (128, 120)  # of the H200's 132; green contexts partition SMs in groups of 8
@@ -67,29 +75,10 @@ def green_stream(num_sms: int, device: torch.device) -> torch.cuda.Stream:
     return stream
 
 
-def kernel_counts(fn: Any) -> dict[str, Any]:
-    """The CUDA kernels and copies of one call of fn by name: {name: [count, device ms]}."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    counts: dict[str, list[float]] = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            entry = counts.setdefault(event.name[:90], [0, 0.0])
-            entry[0] += 1
-            entry[1] = round(entry[1] + event.device_time_total / 1000, 3)
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1][1])[:12])
-
-
 def main() -> None:
     parser = arguments(__doc__)
     args = parser.parse_args()
-    device = torch.device("cuda")
-    configure_backends(device)
-    recipe, dataset, batches = jpeg_batches(args.root, args.split)
-    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    device, recipe, dataset, batches, views = cuda_batches(args)
     model, forward = eval_model(recipe, device)
     frames = decode_frames(batch_jpegs(batches[0]), batches[0]["ok"], device)
     clips = clip_views(frames, recipe.data)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, eval_model, jpeg_batches
+from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, cuda_batches, eval_model
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
     batch_jpegs,
@@ -44,7 +44,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.model.runtime import autocast, configure_backends
+from stadapt.model.runtime import autocast
 
 WORKERS = 4
 
@@ -124,10 +124,7 @@ def main() -> None:
     parser.add_argument("--decoders", default=",".join(DECODERS),
                         help=f"which of them, comma-separated ({', '.join(DECODERS)})")
     args = parser.parse_args()
-    device = torch.device("cuda")
-    configure_backends(device)
-    recipe, dataset, batches = jpeg_batches(args.root, args.split)
-    views = recipe.data.test_views.temporal * recipe.data.test_views.spatial
+    device, recipe, dataset, batches, views = cuda_batches(args)
 
     model, forward = eval_model(recipe, device)
 
