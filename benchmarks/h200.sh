@@ -23,7 +23,7 @@
 #   train-e2e `stadapt train` of the K400 recipe for 60 steps on a prepared 8-class K400-like set,
 #             CPU decoding in nproc-2 workers, then `stadapt bench run` against bench model (training
 #             end to end vs model only: whether training would gain from GPU decoding)
-#   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path
+#   tests     tests/test_gpu.py: CUDA graphs against eager, nvJPEG against the CPU path (TESTS_K: pytest's -k)
 #   loader    `stadapt bench loader --workers 1` on the node's CPU (store size, PSNR, against the reference);
 #             STORE=h264 prepares the H.264 store instead of the JPEG one (it needs more than 90 s)
 #   autotune  bench model with --compile-mode max-autotune-no-cudagraphs (candidate against the default mode),
@@ -186,7 +186,7 @@ for p in $PARTS; do
         train-e2e)
             part train-e2e 300 train_e2e ;;
         tests) part tests 150 $PY -m pytest tests/test_gpu.py -q -o addopts="" -p no:cacheprovider -rA -s \
-                   -k "graph_captured or jpeg_decoding" ;;
+                   -k "${TESTS_K:-graph_captured or jpeg_decoding}" ;;
         loader)
             part prepare 90 prepare_data
             part loader 150 $STADAPT bench loader --recipe k400_vitb --set "data.root=$DATA" --workers 1 \

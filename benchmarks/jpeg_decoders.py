@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import faulthandler
+import functools
 import itertools
 import json
 import signal
@@ -35,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.eval_batches import STEPS, VIDEOS_PER_BATCH, arguments, clips_per_s, cuda_batches, eval_model
+from benchmarks.eval_batches import (
+    STEPS,
+    VIDEOS_PER_BATCH,
+    arguments,
+    clips_per_s,
+    cuda_batches,
+    eval_model,
+    kernel_counts,
+)
 from stadapt.bench.results import device_name, now, versions, write_result
 from stadapt.data.gpu_decode import (
     batch_jpegs,
@@ -44,6 +53,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
+from stadapt.data.nvjpeg import NvjpegBatchDecoder
 from stadapt.model.runtime import autocast
 
 WORKERS = 4
@@ -100,13 +110,56 @@ class SplitJpegs:
         return first.result() + list(rest)
 
 
-DECODERS: dict[str, tuple[str, Callable[[torch.device], Any]]] = {
-    "nvjpeg": ("torchvision", nvjpeg_decoder),
-    "engines": ("nvimgcodec hardware engines", NvImageCodecJpegs),
+HIGH = -10  # below the range: torch.cuda.Stream maps it to the highest priority
+
+
+class ParallelNvjpeg:
+    """Each call's files split into `parts`, each part decoded by its own libnvjpeg handle in its own
+    thread, on its own stream of the highest priority: while the model runs, a call's per-frame
+    conversions and copies queue behind the model's kernels, and parts wait side by side."""
+
+    def __init__(self, device: torch.device, parts: int):
+        self.device = device
+        self.decoders = [NvjpegBatchDecoder(device, "rgb", "host") for _ in range(parts)]
+        self.streams = [torch.cuda.Stream(device, priority=HIGH) for _ in range(parts)]
+        self.helpers = concurrent.futures.ThreadPoolExecutor(parts)
+
+    def __call__(self, files: Any) -> list[Any]:
+        caller = torch.cuda.current_stream(self.device)
+        bounds = [round(k * len(files) / len(self.decoders)) for k in range(len(self.decoders) + 1)]
+
+        def part(k: int) -> list[Any]:
+            with torch.cuda.stream(self.streams[k]):
+                return self.decoders[k](files[bounds[k]:bounds[k + 1]])
+
+        frames = [f for chunk in self.helpers.map(part, range(len(self.decoders))) for f in chunk]
+        for stream in self.streams:
+            caller.wait_stream(stream)
+        for frame in frames:
+            frame.record_stream(caller)  # allocated on a part's stream, used on the caller's
+        return frames
+
+
+DECODERS: dict[str, tuple[str, Callable[[torch.device], Any], int]] = {  # name, factory, decode stream priority
+    "nvjpeg": ("torchvision", nvjpeg_decoder, 0),
+    "engines": ("nvimgcodec hardware engines", NvImageCodecJpegs, 0),
     "engines-reuse": ("nvimgcodec hardware engines, reusing buffers",
-                      lambda device: NvImageCodecJpegs(device, reuse=True)),
-    "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3)),
-    "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5)),
+                      lambda device: NvImageCodecJpegs(device, reuse=True), 0),
+    "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3), 0),
+    "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5), 0),
+    "direct-host": ("libnvjpeg directly, files from host memory, rgb",
+                    lambda device: NvjpegBatchDecoder(device, "rgb", "host"), 0),
+    "direct-host-high": ("libnvjpeg directly, files from host memory, rgb, highest priority",
+                         lambda device: NvjpegBatchDecoder(device, "rgb", "host"), HIGH),
+    "direct-2": ("libnvjpeg directly, 2 handles in 2 threads, highest priority",
+                 lambda device: ParallelNvjpeg(device, 2), HIGH),
+    "direct-4": ("libnvjpeg directly, 4 handles in 4 threads, highest priority",
+                 lambda device: ParallelNvjpeg(device, 4), HIGH),
+    "direct": ("libnvjpeg directly, files in one device buffer, rgb", NvjpegBatchDecoder, 0),
+    "direct-high": ("libnvjpeg directly, one device buffer, rgb, decode stream at the highest priority",
+                    NvjpegBatchDecoder, HIGH),
+    "direct-yuv-high": ("libnvjpeg directly, one device buffer, yuv converted per frame size, highest priority",
+                        lambda device: NvjpegBatchDecoder(device, "yuv"), HIGH),
 }
 PHASE_S = 45  # a phase still running after this dumps every thread's stack and the decoder is given up
 
@@ -136,9 +189,9 @@ def main() -> None:
     def rate(step: Callable[[], int]) -> float:
         return clips_per_s(step, device)
 
-    def loop(source: Any, decoder: Any) -> float:
+    def loop(source: Any, decoder: Any, priority: int) -> float:
         """clips/s of eval's consumer loop over decoded_batches of `source`."""
-        decoded = decoded_batches(source, recipe.data, device, decoder=decoder)
+        decoded = decoded_batches(source, recipe.data, device, priority=priority, decoder=decoder)
 
         def step() -> int:
             _, x, _ = next(decoded)
@@ -188,11 +241,12 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, timeout)
     first = batch_jpegs(batches[0])
+    first_files = [f for video in first for f in video]
     reference = decode_clips(first, batches[0]["ok"], recipe.data, device, nvjpeg_decoder(device))[0]
     model_alone = rate(lambda: model_step(reference).shape[0] * views)
     results: dict[str, Any] = {}
     for key in args.decoders.split(","):
-        name, make = DECODERS[key]
+        name, make, priority = DECODERS[key]
         try:
             print(name, flush=True)
             decoder = make(device)
@@ -202,10 +256,12 @@ def main() -> None:
             difference = (clips.int() - reference.int()).abs().float()
             call_ms = phase("host ms per call", host_ms, decoder)
             alone = phase("decode alone", decode_rate, decoder)
-            in_memory = phase("with the model", loop, itertools.islice(itertools.cycle(batches), STEPS + 8), decoder)
+            in_memory = phase("with the model", loop, itertools.islice(itertools.cycle(batches), STEPS + 8), decoder,
+                              priority)
             real = phase("with the real loader", loop, DataLoader(dataset, batch_size=VIDEOS_PER_BATCH,
                                                                   num_workers=WORKERS, collate_fn=collate_jpegs),
-                         decoder)
+                         decoder, priority)
+            call_kernels = phase("kernels of a call", kernel_counts, functools.partial(decoder, first_files))
             results[name] = {
                 "host_ms_per_call": call_ms,
                 "levels_vs_torchvision_mean": round(difference.mean().item(), 4),
@@ -215,6 +271,7 @@ def main() -> None:
                 "with_model_vs_model_alone": round(in_memory / model_alone, 3),
                 "with_the_real_loader_clips_s": real,
                 "with_the_real_loader_vs_model_alone": round(real / model_alone, 3),
+                "call_kernels": call_kernels,
             }
         except Exception as exc:  # one decoder failing or hanging should not lose the others' figures
             results[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"

@@ -189,3 +189,29 @@ def test_eval_with_gpu_jpeg_decoding_scores_as_the_cpu_path(prepared_dir):
     assert on_gpu.decode == "gpu" and on_gpu.ok.all() and torch.equal(on_gpu.indices, on_cpu.indices)
     # the decode thread, CUDA graphs of the compiled model, the last batch padded: the CPU path's scores
     assert (on_gpu.probs["label"] - on_cpu.probs["label"]).abs().max() < 2e-2  # decoders, compiler, bf16
+
+
+@pytest.mark.parametrize("output,bitstreams", [("rgb", "host"), ("rgb", "device"), ("yuv", "device")])
+def test_direct_nvjpeg_jpeg_decoding_matches_the_cpu_decoder(prepared_dir, output, bitstreams):
+    from torch.utils.data import DataLoader
+    from torchvision.io import decode_jpeg
+
+    from stadapt.data.dataset import build_dataset
+    from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs
+    from stadapt.data.nvjpeg import NvjpegBatchDecoder
+
+    recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4"])
+    batch = next(iter(DataLoader(StoredJpegClips(build_dataset(recipe, "val", train=False)), batch_size=4,
+                                 collate_fn=collate_jpegs)))
+    files = [f for video in batch_jpegs(batch) for f in video]
+    decoder = NvjpegBatchDecoder(torch.device("cuda"), output, bitstreams)
+    for _ in range(2):  # the second call reuses the batch's initialisation
+        frames = decoder(files)
+        for file, frame in zip(files, frames):
+            expected = decode_jpeg(file)
+            assert frame.is_cuda and frame.shape == expected.shape
+            difference = (frame.cpu().int() - expected.int()).abs().float()
+            assert difference.mean() < 1.5 and difference.quantile(0.999) <= 12, difference.mean()
+    print(f"{output}, files from {bitstreams}: mean {difference.mean():.3f} levels from libjpeg")
+    with pytest.raises(RuntimeError):
+        decoder([*files[:2], torch.frombuffer(bytearray(b"\xff\xd8 not a JPEG"), dtype=torch.uint8)])
