@@ -1,9 +1,10 @@
 """Eval's GPU decoding with each batched JPEG decoder, in one run on one CUDA device.
 
-For each batched decoder (`--decoders`: torchvision's nvJPEG, as `stadapt eval` decodes;
-nvImageCodec on the GPU's hardware JPEG engines, with fresh or reused buffers; each batch
-shared between the engines and nvJPEG at once, a third or a half on the engines), with the
-batches of a prepared store read into memory first:
+For each batched decoder (`--decoders`: torchvision's nvJPEG; nvImageCodec on the GPU's
+hardware JPEG engines, with fresh or reused buffers; each batch shared between the engines and
+nvJPEG at once, a third or a half on the engines; libnvjpeg called directly, a batch split
+between 1, 2, 4 (as `stadapt eval` decodes where the engines exist) or 8 calls at once), with
+the batches of a prepared store read into memory first:
 
 - `host_ms_per_call`: the decoder's call alone on one batch's files, the host's time until
   the device has finished;
@@ -12,6 +13,7 @@ batches of a prepared store read into memory first:
   views and the results to the host, fed by `decoded_batches` from the in-memory batches;
 - `with_the_real_loader_clips_s`: the same loop fed by eval's loader (4 workers), as `stadapt
   eval` runs it;
+- `call_kernels`: the kernels and copies of one call on a batch's files;
 
 each against the model alone in the same run (`*_vs_model_alone`), and how far each decoder's
 views are from torchvision's (levels). A decoder that cannot run on this machine is recorded
@@ -53,7 +55,7 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.data.nvjpeg import NvjpegBatchDecoder
+from stadapt.data.nvjpeg import ParallelNvjpeg
 from stadapt.model.runtime import autocast
 
 WORKERS = 4
@@ -110,56 +112,19 @@ class SplitJpegs:
         return first.result() + list(rest)
 
 
-HIGH = -10  # below the range: torch.cuda.Stream maps it to the highest priority
-
-
-class ParallelNvjpeg:
-    """Each call's files split into `parts`, each part decoded by its own libnvjpeg handle in its own
-    thread, on its own stream of the highest priority: while the model runs, a call's per-frame
-    conversions and copies queue behind the model's kernels, and parts wait side by side."""
-
-    def __init__(self, device: torch.device, parts: int):
-        self.device = device
-        self.decoders = [NvjpegBatchDecoder(device, "rgb", "host") for _ in range(parts)]
-        self.streams = [torch.cuda.Stream(device, priority=HIGH) for _ in range(parts)]
-        self.helpers = concurrent.futures.ThreadPoolExecutor(parts)
-
-    def __call__(self, files: Any) -> list[Any]:
-        caller = torch.cuda.current_stream(self.device)
-        bounds = [round(k * len(files) / len(self.decoders)) for k in range(len(self.decoders) + 1)]
-
-        def part(k: int) -> list[Any]:
-            with torch.cuda.stream(self.streams[k]):
-                return self.decoders[k](files[bounds[k]:bounds[k + 1]])
-
-        frames = [f for chunk in self.helpers.map(part, range(len(self.decoders))) for f in chunk]
-        for stream in self.streams:
-            caller.wait_stream(stream)
-        for frame in frames:
-            frame.record_stream(caller)  # allocated on a part's stream, used on the caller's
-        return frames
-
-
-DECODERS: dict[str, tuple[str, Callable[[torch.device], Any], int]] = {  # name, factory, decode stream priority
-    "nvjpeg": ("torchvision", nvjpeg_decoder, 0),
-    "engines": ("nvimgcodec hardware engines", NvImageCodecJpegs, 0),
+DECODERS: dict[str, tuple[str, Callable[[torch.device], Any]]] = {
+    "nvjpeg": ("torchvision", nvjpeg_decoder),
+    "engines": ("nvimgcodec hardware engines", NvImageCodecJpegs),
     "engines-reuse": ("nvimgcodec hardware engines, reusing buffers",
-                      lambda device: NvImageCodecJpegs(device, reuse=True), 0),
-    "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3), 0),
-    "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5), 0),
-    "direct-host": ("libnvjpeg directly, files from host memory, rgb",
-                    lambda device: NvjpegBatchDecoder(device, "rgb", "host"), 0),
-    "direct-host-high": ("libnvjpeg directly, files from host memory, rgb, highest priority",
-                         lambda device: NvjpegBatchDecoder(device, "rgb", "host"), HIGH),
-    "direct-2": ("libnvjpeg directly, 2 handles in 2 threads, highest priority",
-                 lambda device: ParallelNvjpeg(device, 2), HIGH),
-    "direct-4": ("libnvjpeg directly, 4 handles in 4 threads, highest priority",
-                 lambda device: ParallelNvjpeg(device, 4), HIGH),
-    "direct": ("libnvjpeg directly, files in one device buffer, rgb", NvjpegBatchDecoder, 0),
-    "direct-high": ("libnvjpeg directly, one device buffer, rgb, decode stream at the highest priority",
-                    NvjpegBatchDecoder, HIGH),
-    "direct-yuv-high": ("libnvjpeg directly, one device buffer, yuv converted per frame size, highest priority",
-                        lambda device: NvjpegBatchDecoder(device, "yuv"), HIGH),
+                      lambda device: NvImageCodecJpegs(device, reuse=True)),
+    "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3)),
+    "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5)),
+    "direct-1": ("libnvjpeg directly, one call on a stream of the highest priority",
+                 lambda device: ParallelNvjpeg(device, 1)),
+    "direct-2": ("libnvjpeg directly, 2 calls at once", lambda device: ParallelNvjpeg(device, 2)),
+    "direct-4": ("libnvjpeg directly, 4 calls at once (stadapt eval's default_decoder)",
+                 lambda device: ParallelNvjpeg(device, 4)),
+    "direct-8": ("libnvjpeg directly, 8 calls at once", lambda device: ParallelNvjpeg(device, 8)),
 }
 PHASE_S = 45  # a phase still running after this dumps every thread's stack and the decoder is given up
 
@@ -189,9 +154,9 @@ def main() -> None:
     def rate(step: Callable[[], int]) -> float:
         return clips_per_s(step, device)
 
-    def loop(source: Any, decoder: Any, priority: int) -> float:
+    def loop(source: Any, decoder: Any) -> float:
         """clips/s of eval's consumer loop over decoded_batches of `source`."""
-        decoded = decoded_batches(source, recipe.data, device, priority=priority, decoder=decoder)
+        decoded = decoded_batches(source, recipe.data, device, decoder=decoder)
 
         def step() -> int:
             _, x, _ = next(decoded)
@@ -246,7 +211,7 @@ def main() -> None:
     model_alone = rate(lambda: model_step(reference).shape[0] * views)
     results: dict[str, Any] = {}
     for key in args.decoders.split(","):
-        name, make, priority = DECODERS[key]
+        name, make = DECODERS[key]
         try:
             print(name, flush=True)
             decoder = make(device)
@@ -256,11 +221,10 @@ def main() -> None:
             difference = (clips.int() - reference.int()).abs().float()
             call_ms = phase("host ms per call", host_ms, decoder)
             alone = phase("decode alone", decode_rate, decoder)
-            in_memory = phase("with the model", loop, itertools.islice(itertools.cycle(batches), STEPS + 8), decoder,
-                              priority)
+            in_memory = phase("with the model", loop, itertools.islice(itertools.cycle(batches), STEPS + 8), decoder)
             real = phase("with the real loader", loop, DataLoader(dataset, batch_size=VIDEOS_PER_BATCH,
                                                                   num_workers=WORKERS, collate_fn=collate_jpegs),
-                         decoder, priority)
+                         decoder)
             call_kernels = phase("kernels of a call", kernel_counts, functools.partial(decoder, first_files))
             results[name] = {
                 "host_ms_per_call": call_ms,
