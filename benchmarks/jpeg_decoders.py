@@ -1,10 +1,9 @@
 """Eval's GPU decoding with each batched JPEG decoder, in one run on one CUDA device.
 
-For each batched decoder (`--decoders`: torchvision's nvJPEG; nvImageCodec on the GPU's
-hardware JPEG engines, with fresh or reused buffers; each batch shared between the engines and
-nvJPEG at once, a third or a half on the engines; libnvjpeg called directly, a batch split
-between 1, 2, 4 (as `stadapt eval` decodes where the engines exist) or 8 calls at once), with
-the batches of a prepared store read into memory first:
+For each batched decoder (`--decoders`: torchvision's nvJPEG, as `stadapt eval` decodes;
+nvImageCodec on the GPU's hardware JPEG engines, with fresh or reused buffers; each batch
+shared between the engines and nvJPEG at once, a third or a half on the engines), with the
+batches of a prepared store read into memory first:
 
 - `host_ms_per_call`: the decoder's call alone on one batch's files, the host's time until
   the device has finished;
@@ -18,7 +17,9 @@ the batches of a prepared store read into memory first:
 each against the model alone in the same run (`*_vs_model_alone`), and how far each decoder's
 views are from torchvision's (levels). A decoder that cannot run on this machine is recorded
 with its error. (At commit 6c0a581 it also measured the real loader's loop with a share of the
-videos decoded in the workers on the CPU: `--cpu-shares`.)
+videos decoded in the workers on the CPU: `--cpu-shares`; at dd8b8a0 and be54bc7, libnvjpeg's
+hardware backend called directly through ctypes: files from host memory or one device buffer,
+RGB or YUV output, one call or a batch split between 2, 4 or 8 calls at once.)
 
     python -m benchmarks.jpeg_decoders DATA_ROOT SPLIT --out FILE.json [--decoders NAME,…]
 """
@@ -55,7 +56,6 @@ from stadapt.data.gpu_decode import (
     decoded_batches,
     nvjpeg_decoder,
 )
-from stadapt.data.nvjpeg import ParallelNvjpeg
 from stadapt.model.runtime import autocast
 
 WORKERS = 4
@@ -119,12 +119,6 @@ DECODERS: dict[str, tuple[str, Callable[[torch.device], Any]]] = {
                       lambda device: NvImageCodecJpegs(device, reuse=True)),
     "third": ("a third on the engines, the rest torchvision, at once", lambda device: SplitJpegs(device, 1 / 3)),
     "half": ("half on the engines, half torchvision, at once", lambda device: SplitJpegs(device, 0.5)),
-    "direct-1": ("libnvjpeg directly, one call on a stream of the highest priority",
-                 lambda device: ParallelNvjpeg(device, 1)),
-    "direct-2": ("libnvjpeg directly, 2 calls at once", lambda device: ParallelNvjpeg(device, 2)),
-    "direct-4": ("libnvjpeg directly, 4 calls at once (stadapt eval's default_decoder)",
-                 lambda device: ParallelNvjpeg(device, 4)),
-    "direct-8": ("libnvjpeg directly, 8 calls at once", lambda device: ParallelNvjpeg(device, 8)),
 }
 PHASE_S = 45  # a phase still running after this dumps every thread's stack and the decoder is given up
 

@@ -189,33 +189,3 @@ def test_eval_with_gpu_jpeg_decoding_scores_as_the_cpu_path(prepared_dir):
     assert on_gpu.decode == "gpu" and on_gpu.ok.all() and torch.equal(on_gpu.indices, on_cpu.indices)
     # the decode thread, CUDA graphs of the compiled model, the last batch padded: the CPU path's scores
     assert (on_gpu.probs["label"] - on_cpu.probs["label"]).abs().max() < 2e-2  # decoders, compiler, bf16
-
-
-@pytest.mark.parametrize("parts", [1, 3])
-def test_hardware_jpeg_decoding_matches_the_cpu_decoder(prepared_dir, parts):
-    from torch.utils.data import DataLoader
-    from torchvision.io import decode_jpeg
-
-    from stadapt.data.dataset import build_dataset
-    from stadapt.data.gpu_decode import StoredJpegClips, batch_jpegs, collate_jpegs, default_decoder
-    from stadapt.data.nvjpeg import ParallelNvjpeg
-
-    recipe = stadapt.load_recipe("demo", [f"data.root={prepared_dir}", "data.source=prepared", "model.num_classes=4"])
-    batch = next(iter(DataLoader(StoredJpegClips(build_dataset(recipe, "val", train=False)), batch_size=4,
-                                 collate_fn=collate_jpegs)))
-    files = [f for video in batch_jpegs(batch) for f in video]
-    cuda = torch.device("cuda")
-    print(f"default decoder on {torch.cuda.get_device_name()}: {type(default_decoder(cuda)).__name__}")
-    decoder = ParallelNvjpeg(cuda, parts)
-    for _ in range(2):  # the second call reuses each part's batch initialisation
-        frames = decoder(files)
-        torch.cuda.current_stream().synchronize()
-        assert len(frames) == len(files)
-        for file, frame in zip(files, frames):
-            expected = decode_jpeg(file)
-            assert frame.is_cuda and frame.shape == expected.shape
-            difference = (frame.cpu().int() - expected.int()).abs().float()
-            assert difference.mean() < 1.0 and difference.quantile(0.999) <= 8, difference.mean()
-    with pytest.raises(RuntimeError):
-        decoder([*files[:4], torch.frombuffer(bytearray(b"\xff\xd8 not a JPEG"), dtype=torch.uint8)])
-    assert decoder(files[:2])[1].shape == frames[1].shape  # fewer files than parts, after a failed call

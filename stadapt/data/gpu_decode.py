@@ -16,9 +16,13 @@ then one conversion kernel and one copy per frame) takes about four times as lon
 with nvJPEG or on a stream of the highest priority, did no better with the model running, nor
 did a share of the videos decoded in the loader workers beside it, nor the views computed on
 the model's stream, nor the model on a green context that leaves 4 or 12 SMs to the decoder
-(+0-4%, without CUDA graphs; benchmarks/jpeg_decoders.py, gpu_decode_views.py, README
-"Performance"). So nvJPEG decodes every frame; `decoder` takes another batched decoder for
-such measurements.
+(+0-4%, without CUDA graphs), nor libnvjpeg's hardware backend called directly on streams of
+our choosing, from host memory or one device buffer, RGB or YUV out, a batch in one call or
+split between 2-8 calls at once (0.58-0.80× the model alone against torchvision's
+0.77-0.80×: nvJPEG copies and converts each frame on its own in every mode, and its calls at
+once do not decode faster; benchmarks/jpeg_decoders.py, gpu_decode_views.py, README
+"Performance"). So torchvision's nvJPEG decodes every frame; `decoder` takes another batched
+decoder for such measurements.
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -42,7 +46,6 @@ from torchvision.io import decode_jpeg
 
 from stadapt.data.dataset import VideoDataset, _warn_once
 from stadapt.data.decode import VideoReadError
-from stadapt.data.nvjpeg import hardware_decoder
 from stadapt.data.transforms import spatial_crops
 from stadapt.errors import DataError
 from stadapt.recipe import DataConfig
@@ -128,12 +131,6 @@ def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
     return functools.partial(decode_jpeg, device=device)
 
 
-def default_decoder(device: torch.device) -> JpegDecoder:
-    """The hardware JPEG engines through libnvjpeg, a batch split between several calls at once
-    (stadapt.data.nvjpeg), where the device has them; torchvision's nvJPEG otherwise."""
-    return (hardware_decoder(device) if device.type == "cuda" else None) or nvjpeg_decoder(device)
-
-
 class DecodedFrames(NamedTuple):
     """A batch's frames as decoded on the device, before their views: per frame size, the
     videos' positions in the batch and their frames stacked (n×T'×3×H×W uint8, each video's
@@ -147,10 +144,10 @@ class DecodedFrames(NamedTuple):
 
 def decode_frames(jpegs: Sequence[JpegFiles], ok: torch.Tensor, device: torch.device,
                   decoder: Optional[JpegDecoder] = None) -> DecodedFrames:
-    """One batched decode of every frame (by `decoder`, default default_decoder(device)). A video
+    """One batched decode of every frame (by `decoder`, default nvjpeg_decoder(device)). A video
     whose JPEGs fail to decode becomes not ok, as the CPU path reports an unreadable video."""
     ok = ok.clone().bool()
-    frames = _decode_all(jpegs, ok, decoder or default_decoder(device))
+    frames = _decode_all(jpegs, ok, decoder or nvjpeg_decoder(device))
     by_shape: dict[tuple[int, ...], list[int]] = {}  # one stack (and later one resize) per frame size
     for i, video in enumerate(frames):
         if video is not None:
@@ -229,7 +226,7 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
     caller's stream waits for). Measured without gain (benchmarks/gpu_decode_overlap.py,
     gpu_decode_views.py at dbacba4): a high priority; the views computed on the caller's stream
     instead, in turn with the model."""
-    decoder = decoder or default_decoder(device)
+    decoder = decoder or nvjpeg_decoder(device)
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()  # set when the consumer stops early: the thread ends instead of waiting on `ready`
