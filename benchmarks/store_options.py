@@ -167,12 +167,15 @@ def main() -> None:
         prepared = PreparedDataset.open(prepare(args.work, name))
         samples = prepared.samples("train") + prepared.samples("val")
         recipe = load_recipe("k400_vitb", [f"data.root={prepared.root}"])
-        chosen = [(*option, "jpeg", 4) for option in OPTIONS] if "jpeg" in args.parts else []
-        if "small" in args.parts:  # beside the JPEG store as format 2 writes it, in the same run
-            chosen += [] if "jpeg" in args.parts else [(*OPTIONS[1], "jpeg", 4)]
+        if "jpeg" in args.parts:
+            chosen = [(*option, "jpeg", 4) for option in OPTIONS]
+        elif {"small", "h264"} & set(args.parts):  # beside the JPEG store as format 2 writes it, in the same run
+            chosen = [(*OPTIONS[1], "jpeg", 4)]
+        else:
+            chosen = []
+        if "small" in args.parts:
             chosen += [(*option, "jpeg", 4) for option in SMALL_OPTIONS]
-        if "h264" in args.parts:  # beside the JPEG store as format 2 writes it, in the same run
-            chosen += [] if "jpeg" in args.parts else [(*OPTIONS[1], "jpeg", 4)]
+        if "h264" in args.parts:
             chosen += [(label, 256, 85, "420", "h264", gop) for label, gop in H264_OPTIONS]
         for label, short_side, quality, chroma, codec, gop in chosen:
             write_store(prepared.root, samples, short_side=short_side, workers=os.cpu_count() or 1,
