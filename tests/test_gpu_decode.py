@@ -173,4 +173,3 @@ def test_videos_of_different_frame_sizes_in_one_batch_each_get_their_own_views(p
     for i in range(3):  # each video as if it were decoded alone
         assert torch.equal(clips[i], decode_clips([jpegs[i]], torch.ones(1, dtype=torch.bool), recipe.data, cpu)[0][0])
     assert not torch.equal(clips[0], clips[1])
-

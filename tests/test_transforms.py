@@ -99,8 +99,6 @@ def test_test_resize_scales_the_short_side_first():
         EvalTransform(DataConfig(crop=224, test_resize=200))
 
 
-
-
 def test_clips_leave_the_transforms_contiguous_with_each_frame_in_its_place():
     # frames that differ, so a wrong time or channel order shows
     frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (4, 3, 64, 96), dtype=np.uint8))

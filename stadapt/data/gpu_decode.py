@@ -12,17 +12,10 @@ decodes the next batches on a side stream while the model computes the current o
 The overlap is partial: while the model runs, torchvision's nvJPEG call of a batch (its own
 pool stream, synchronised at each call, one call at a time; on an H200 the hardware engines,
 then one conversion kernel and one copy per frame) takes about four times as long as alone,
-75-88 ms instead of 19-23. The H200's engines through nvImageCodec, alone, sharing each batch
-with nvJPEG or on a stream of the highest priority, did no better with the model running, nor
-did a share of the videos decoded in the loader workers beside it, nor the views computed on
-the model's stream, nor the model on a green context that leaves 4 or 12 SMs to the decoder
-(+0-4%, without CUDA graphs), nor libnvjpeg's hardware backend called directly on streams of
-our choosing, from host memory or one device buffer, RGB or YUV out, a batch in one call or
-split between 2-8 calls at once (0.58-0.80× the model alone against torchvision's
-0.77-0.80×: nvJPEG copies and converts each frame on its own in every mode, and its calls at
-once do not decode faster; benchmarks/jpeg_decoders.py, gpu_decode_views.py, README
-"Performance"). So torchvision's nvJPEG decodes every frame; `decoder` takes another batched
-decoder for such measurements.
+75-88 ms instead of 19-23. Every other decoder, placement and priority measured on the H200
+did no better (README "Performance"; benchmarks/jpeg_decoders.py, gpu_decode_views.py,
+gpu_decode_overlap.py), so torchvision's nvJPEG decodes every frame; `decoder` takes another
+batched decoder for such measurements.
 
 A batch crosses from the loader workers as one byte buffer and the frames' sizes
 (`collate_jpegs`), not as one tensor per frame: each tensor a worker sends travels through
@@ -223,9 +216,8 @@ def decoded_batches(loader: Iterable[dict[str, Any]], data: DataConfig, device: 
                     ) -> Iterator[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
     """(batch, clips, ok) for each batch of collate_jpegs, decoded by decode_clips (with `decoder`)
     in a thread up to `ahead` batches in advance (on CUDA, on a side stream of `priority` that the
-    caller's stream waits for). Measured without gain (benchmarks/gpu_decode_overlap.py,
-    gpu_decode_views.py at dbacba4): a high priority; the views computed on the caller's stream
-    instead, in turn with the model."""
+    caller's stream waits for). A high priority, or the views computed on the caller's stream
+    instead, measured without gain (README "Performance")."""
     decoder = decoder or nvjpeg_decoder(device)
     done = object()
     ready: queue.Queue = queue.Queue(maxsize=ahead)
